@@ -1,0 +1,243 @@
+"""StyleGAN2 layers with rosinality's names and semantics, NHWC / HWIO.
+
+Every module keeps its parameters in the Flax params tree, stored exactly as rosinality stores them
+(N(0,1) weights, runtime equalized-LR scaling), so converted PyTorch weights load by a layout change only.
+Module and parameter names follow rosinality's state_dict keys: `conv.modulation.weight` lives at
+params['conv']['modulation']['weight'].
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from l4f_jax.ops.upfirdn2d import make_kernel, upfirdn2d
+
+SQRT2 = math.sqrt(2.0)
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _torch_normal(key, shape, dtype=jnp.float32):
+  return jax.random.normal(key, shape, dtype)
+
+
+def fused_leaky_relu(x, bias=None, negative_slope: float = 0.2, scale: float = SQRT2):
+  """rosinality `fused_leaky_relu`: lrelu(x + bias, 0.2) * sqrt(2); bias broadcasts on channels."""
+  if bias is not None:
+    x = x + bias.astype(x.dtype)
+  return jnp.where(x >= 0, x, x * negative_slope) * scale
+
+
+def pixel_norm(x, eps: float = 1e-8):
+  return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
+class PixelNorm(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return pixel_norm(x)
+
+
+class EqualLinear(nn.Module):
+  """rosinality EqualLinear: weight [in, out] ~ N(0,1)/lr_mul, runtime scale lr_mul/sqrt(in)."""
+  features: int
+  use_bias: bool = True
+  bias_init: float = 0.0
+  lr_mul: float = 1.0
+  activation: Optional[str] = None  # None or "fused_lrelu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    in_dim = x.shape[-1]
+    w = self.param("weight", lambda k, s: _torch_normal(k, s) / self.lr_mul, (in_dim, self.features))
+    scale = (1.0 / math.sqrt(in_dim)) * self.lr_mul
+    y = jnp.dot(x.astype(self.dtype), (w * scale).astype(self.dtype))
+    b = None
+    if self.use_bias:
+      b = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,)) * self.lr_mul
+    if self.activation == "fused_lrelu":
+      return fused_leaky_relu(y, b)
+    if self.activation is not None:
+      raise ValueError(f"unknown activation {self.activation!r}")
+    return y if b is None else y + b.astype(y.dtype)
+
+
+class EqualConv2d(nn.Module):
+  """rosinality EqualConv2d: weight HWIO ~ N(0,1), runtime scale 1/sqrt(in*k*k)."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, cin = self.kernel_size, x.shape[-1]
+    w = self.param("weight", _torch_normal, (k, k, cin, self.features))
+    scale = 1.0 / math.sqrt(cin * k * k)
+    y = lax.conv_general_dilated(
+        x.astype(self.dtype), (w * scale).astype(self.dtype), (self.stride, self.stride),
+        ((self.padding, self.padding), (self.padding, self.padding)), dimension_numbers=_DN)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
+    return y
+
+
+class FusedLeakyReLU(nn.Module):
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    b = self.param("bias", nn.initializers.zeros, (x.shape[-1],)) if self.use_bias else None
+    return fused_leaky_relu(x, b)
+
+
+class Blur(nn.Module):
+  """upfirdn2d with a fixed FIR kernel (a constant, not a parameter)."""
+  kernel: Sequence[float]
+  pad: tuple[int, int]
+  upsample_factor: int = 1
+
+  def __call__(self, x):
+    k = make_kernel(self.kernel)
+    if self.upsample_factor > 1:
+      k = k * (self.upsample_factor ** 2)
+    return upfirdn2d(x, k, pad=self.pad)
+
+
+class Upsample(nn.Module):
+  """ToRGB skip upsampling: upfirdn2d(up=2) with kernel*4 and pad ((p+1)//2+1, p//2)."""
+  kernel: Sequence[float]
+  factor: int = 2
+
+  def __call__(self, x):
+    k = make_kernel(self.kernel) * (self.factor ** 2)
+    p = k.shape[0] - self.factor
+    return upfirdn2d(x, k, up=self.factor, pad=((p + 1) // 2 + self.factor - 1, p // 2))
+
+
+def modulated_conv(x, weight, s, *, demodulate: bool, upsample: bool, fused: bool,
+                   blur_kernel: Sequence[float], dtype=jnp.float32):
+  """Modulated convolution. `weight` is the already-scaled HWIO kernel, `s` the styles [B, in].
+
+  Non-fused (default): x*s -> dense conv -> *d.  Fused: per-sample weights and a batch-grouped conv
+  (rosinality's only path; slow, kept for parity checks).  The up-conv is rosinality's stride-2
+  transposed conv (output 2H+1) followed by a blur with kernel*4 and pad (1, 1).
+  """
+  b = x.shape[0]
+  kh, kw, cin, cout = weight.shape
+  w32 = weight.astype(jnp.float32)
+  s32 = s.astype(jnp.float32)
+  if upsample:
+    k_eff = weight[::-1, ::-1]   # transposed conv == dilated conv with the spatially flipped kernel
+    conv_kw = dict(window_strides=(1, 1), padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
+                   lhs_dilation=(2, 2))
+  else:
+    k_eff = weight
+    conv_kw = dict(window_strides=(1, 1), padding=((kh // 2, kh // 2), (kw // 2, kw // 2)))
+  if not fused:
+    y = lax.conv_general_dilated((x * s[:, None, None, :].astype(x.dtype)).astype(dtype),
+                                 k_eff.astype(dtype), dimension_numbers=_DN, **conv_kw)
+    if demodulate:
+      wsq = jnp.sum(jnp.square(w32), axis=(0, 1))                 # [in, out]
+      d = lax.rsqrt(jnp.dot(jnp.square(s32), wsq) + 1e-8)        # [B, out]
+      y = y * d[:, None, None, :].astype(y.dtype)
+  else:
+    wb = w32[None] * s32[:, None, None, :, None]                 # [B, kh, kw, in, out]
+    if demodulate:
+      wb = wb * lax.rsqrt(jnp.sum(jnp.square(wb), axis=(1, 2, 3), keepdims=True) + 1e-8)
+    if upsample:
+      wb = wb[:, ::-1, ::-1]
+    h, w_ = x.shape[1], x.shape[2]
+    xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, h, w_, b * cin)
+    rhs = jnp.transpose(wb, (1, 2, 3, 0, 4)).reshape(kh, kw, cin, b * cout)
+    y = lax.conv_general_dilated(xg.astype(dtype), rhs.astype(dtype), dimension_numbers=_DN,
+                                 feature_group_count=b, **conv_kw)
+    y = jnp.transpose(y.reshape(y.shape[1], y.shape[2], b, cout), (2, 0, 1, 3))
+  if upsample:
+    k = make_kernel(blur_kernel) * 4
+    p = (k.shape[0] - 2) - (kh - 1)
+    y = upfirdn2d(y, k, pad=((p + 1) // 2 + 1, p // 2 + 1))
+  return y
+
+
+class ModulatedConv2d(nn.Module):
+  """rosinality ModulatedConv2d; weight stored [k, k, in, out] (torch [1, out, in, k, k])."""
+  features: int
+  kernel_size: int
+  demodulate: bool = True
+  upsample: bool = False
+  fused: bool = False
+  blur_kernel: Sequence[float] = (1, 3, 3, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, style):
+    cin, k = x.shape[-1], self.kernel_size
+    weight = self.param("weight", _torch_normal, (k, k, cin, self.features))
+    s = EqualLinear(cin, bias_init=1.0, name="modulation")(style)
+    scale = 1.0 / math.sqrt(cin * k * k)
+    return modulated_conv(x, weight * scale, s, demodulate=self.demodulate, upsample=self.upsample,
+                          fused=self.fused, blur_kernel=self.blur_kernel, dtype=self.dtype)
+
+
+class NoiseInjection(nn.Module):
+  """x + weight * noise; `noise` is [B, H, W, 1] (or broadcastable)."""
+
+  @nn.compact
+  def __call__(self, x, noise):
+    w = self.param("weight", nn.initializers.zeros, (1,))
+    return x + (w * noise).astype(x.dtype)
+
+
+class ConstantInput(nn.Module):
+  channels: int
+  size: int = 4
+
+  @nn.compact
+  def __call__(self, batch: int):
+    c = self.param("input", _torch_normal, (1, self.size, self.size, self.channels))
+    return jnp.broadcast_to(c, (batch,) + c.shape[1:])
+
+
+class StyledConv(nn.Module):
+  """ModulatedConv2d -> NoiseInjection -> FusedLeakyReLU (rosinality order)."""
+  features: int
+  kernel_size: int
+  upsample: bool = False
+  demodulate: bool = True
+  fused: bool = False
+  blur_kernel: Sequence[float] = (1, 3, 3, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, style, noise):
+    x = ModulatedConv2d(self.features, self.kernel_size, self.demodulate, self.upsample, self.fused,
+                        self.blur_kernel, self.dtype, name="conv")(x, style)
+    x = NoiseInjection(name="noise")(x, noise)
+    return FusedLeakyReLU(name="activate")(x)
+
+
+class ToRGB(nn.Module):
+  """1x1 modulated conv (no demodulation) + bias [3]; adds the upsampled skip when given."""
+  upsample: bool = True
+  fused: bool = False
+  blur_kernel: Sequence[float] = (1, 3, 3, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, style, skip=None):
+    y = ModulatedConv2d(3, 1, demodulate=False, fused=self.fused, dtype=self.dtype,
+                        name="conv")(x, style)
+    y = y + self.param("bias", nn.initializers.zeros, (3,)).astype(y.dtype)
+    if skip is not None:
+      y = y + Upsample(self.blur_kernel)(skip).astype(y.dtype)
+    return y

@@ -1,0 +1,9 @@
+"""Test configuration: 4 fake CPU devices (must be set before JAX starts) and float32 parity."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
