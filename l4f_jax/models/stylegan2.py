@@ -64,7 +64,7 @@ class Generator(nn.Module):
   channel_max: int = 512
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   fused_modconv: bool = False  # rosinality's batch-grouped conv; False = the faster equal form
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
 
   def setup(self):
     ch = channel_table(self.size, self.channel_multiplier, self.channel_base, self.channel_max)
@@ -175,7 +175,7 @@ class ConvLayer(nn.Module):
   use_bias: bool = True
   activate: bool = True
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x):
@@ -195,7 +195,7 @@ class ConvLayer(nn.Module):
 class ResBlock(nn.Module):
   features: int
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x):
@@ -214,7 +214,8 @@ def minibatch_stddev(x, group_size: int = 4, num_features: int = 1):
   g = min(b, group_size)
   if b % g:
     raise ValueError(f"batch {b} is not divisible by the minibatch-stddev group size {g}")
-  y = x.reshape(g, b // g, h, w, num_features, c // num_features).astype(jnp.float32)
+  y = x.reshape(g, b // g, h, w, num_features, c // num_features)
+  y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
   y = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)                 # [B/G, H, W, F, C/F]
   y = jnp.mean(y, axis=(1, 2, 4))                          # [B/G, F]
   y = jnp.tile(y, (g, 1))                                  # [B, F]
@@ -235,7 +236,7 @@ class Discriminator(nn.Module):
   channel_base: Optional[int] = None
   channel_max: int = 512
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x):
@@ -249,4 +250,5 @@ class Discriminator(nn.Module):
     b = out.shape[0]
     out = jnp.transpose(out, (0, 3, 1, 2)).reshape(b, -1)  # NCHW flatten, as torch .view(B, -1)
     out = EqualLinear(ch[4], activation="fused_lrelu", dtype=self.dtype, name="final_linear_0")(out)
-    return EqualLinear(1, dtype=self.dtype, name="final_linear_1")(out).astype(jnp.float32)
+    out = EqualLinear(1, dtype=self.dtype, name="final_linear_1")(out)
+    return out.astype(jnp.promote_types(out.dtype, jnp.float32))

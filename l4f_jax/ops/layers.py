@@ -26,6 +26,10 @@ def _torch_normal(key, shape, dtype=jnp.float32):
   return jax.random.normal(key, shape, dtype)
 
 
+def _cast(x, dtype):
+  return x if dtype is None else x.astype(dtype)
+
+
 def fused_leaky_relu(x, bias=None, negative_slope: float = 0.2, scale: float = SQRT2):
   """rosinality `fused_leaky_relu`: lrelu(x + bias, 0.2) * sqrt(2); bias broadcasts on channels."""
   if bias is not None:
@@ -51,14 +55,14 @@ class EqualLinear(nn.Module):
   bias_init: float = 0.0
   lr_mul: float = 1.0
   activation: Optional[str] = None  # None or "fused_lrelu"
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x):
     in_dim = x.shape[-1]
     w = self.param("weight", lambda k, s: _torch_normal(k, s) / self.lr_mul, (in_dim, self.features))
     scale = (1.0 / math.sqrt(in_dim)) * self.lr_mul
-    y = jnp.dot(x.astype(self.dtype), (w * scale).astype(self.dtype))
+    y = jnp.dot(_cast(x, self.dtype), _cast(w * scale, self.dtype))
     b = None
     if self.use_bias:
       b = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,)) * self.lr_mul
@@ -76,7 +80,7 @@ class EqualConv2d(nn.Module):
   stride: int = 1
   padding: int = 0
   use_bias: bool = True
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x):
@@ -84,7 +88,7 @@ class EqualConv2d(nn.Module):
     w = self.param("weight", _torch_normal, (k, k, cin, self.features))
     scale = 1.0 / math.sqrt(cin * k * k)
     y = lax.conv_general_dilated(
-        x.astype(self.dtype), (w * scale).astype(self.dtype), (self.stride, self.stride),
+        _cast(x, self.dtype), _cast(w * scale, self.dtype), (self.stride, self.stride),
         ((self.padding, self.padding), (self.padding, self.padding)), dimension_numbers=_DN)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
@@ -125,7 +129,7 @@ class Upsample(nn.Module):
 
 
 def modulated_conv(x, weight, s, *, demodulate: bool, upsample: bool, fused: bool,
-                   blur_kernel: Sequence[float], dtype=jnp.float32):
+                   blur_kernel: Sequence[float], dtype=None):
   """Modulated convolution. `weight` is the already-scaled HWIO kernel, `s` the styles [B, in].
 
   Non-fused (default): x*s -> dense conv -> *d.  Fused: per-sample weights and a batch-grouped conv
@@ -134,8 +138,10 @@ def modulated_conv(x, weight, s, *, demodulate: bool, upsample: bool, fused: boo
   """
   b = x.shape[0]
   kh, kw, cin, cout = weight.shape
-  w32 = weight.astype(jnp.float32)
-  s32 = s.astype(jnp.float32)
+  dtype = dtype or x.dtype
+  acc = jnp.promote_types(weight.dtype, jnp.float32)  # demodulation statistics in >= float32
+  w32 = weight.astype(acc)
+  s32 = s.astype(acc)
   if upsample:
     k_eff = weight[::-1, ::-1]   # transposed conv == dilated conv with the spatially flipped kernel
     conv_kw = dict(window_strides=(1, 1), padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
@@ -177,7 +183,7 @@ class ModulatedConv2d(nn.Module):
   upsample: bool = False
   fused: bool = False
   blur_kernel: Sequence[float] = (1, 3, 3, 1)
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x, style):
@@ -216,7 +222,7 @@ class StyledConv(nn.Module):
   demodulate: bool = True
   fused: bool = False
   blur_kernel: Sequence[float] = (1, 3, 3, 1)
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x, style, noise):
@@ -231,7 +237,7 @@ class ToRGB(nn.Module):
   upsample: bool = True
   fused: bool = False
   blur_kernel: Sequence[float] = (1, 3, 3, 1)
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (e.g. bfloat16); None = the input's dtype
 
   @nn.compact
   def __call__(self, x, style, skip=None):
