@@ -88,7 +88,7 @@ class EqualConv2d(nn.Module):
     w = self.param("weight", _torch_normal, (k, k, cin, self.features))
     scale = 1.0 / math.sqrt(cin * k * k)
     y = lax.conv_general_dilated(
-        _cast(x, self.dtype), _cast(w * scale, self.dtype), (self.stride, self.stride),
+        _cast(x, self.dtype), (w * scale).astype(self.dtype or x.dtype), (self.stride, self.stride),
         ((self.padding, self.padding), (self.padding, self.padding)), dimension_numbers=_DN)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)

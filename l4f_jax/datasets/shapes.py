@@ -1,0 +1,310 @@
+"""l4f_shapes: a procedural foreground/background dataset with exact masks.
+
+Each example is one smooth foreground object (ellipse, rounded rectangle or wavy blob; random
+position, scale, aspect, rotation, hue and shading) composited over an independent background
+(linear gradient, soft stripes, soft blobs or smooth noise, plus a luminance vignette and grain).
+Edges are anti-aliased by 4x4 supersampling; the stored mask is the object's coverage >= 0.5.
+The object covers 15-50% of the image and at most ~10% of its extent leaves the frame.
+
+Colour rule (`oracle_mask`), on RGB in [0, 1] with chroma C = max - min and the hexagonal HSV hue H:
+
+    foreground  <=>  C >= 0.25  and  H in [290 deg, 360) or [0, 60 deg]   (red/orange/magenta)
+
+- Objects use hues in [320, 35] deg with chroma (S * V * shading) >= 0.42, so they always pass.
+- Backgrounds mix colours that are either near-neutral (chroma <= 0.10, any hue) or cool
+  (hue in [110, 230] deg, any chroma). Convex mixes of these stay outside the rule with a margin:
+  a warm hue can only come from the neutral part, whose chroma is too small. Vignette and grain act
+  on luminance only (equal change in R, G, B), so they never raise chroma.
+- Only anti-aliased edge pixels (foreground mixed with background) can disagree with the true mask;
+  agreement on generated data is measured in tests/test_data.py (>= 0.99 required).
+
+The rule applies to any image, including GAN samples (float in [-1, 1]).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from PIL import Image
+
+_SUPERSAMPLE = 4
+_FG_HUE = (-40.0, 35.0)          # degrees, i.e. 320 .. 35
+_FG_SAT = (0.8, 1.0)
+_FG_VAL = (0.75, 1.0)
+_FG_SHADE_MIN = 0.7
+_COOL_HUE = (110.0, 230.0)
+_NEUTRAL_CHROMA = 0.10
+_COVERAGE = (0.15, 0.5)
+_ORACLE_CHROMA = 0.25
+_ORACLE_HUE = (290.0, 60.0)      # wraps through 0
+
+
+# ----------------------------------------------------------------------------- colour helpers
+
+
+def _hsv_to_rgb(h, s, v):
+  """Vectorised HSV -> RGB; h in degrees (any range), s, v in [0, 1]; returns [..., 3]."""
+  h = np.mod(h, 360.0) / 60.0
+  c = v * s
+  x = c * (1 - np.abs(np.mod(h, 2.0) - 1))
+  m = v - c
+  z = np.zeros_like(c)
+  sector = np.floor(h).astype(np.int32) % 6
+  r = np.choose(sector, [c, x, z, z, x, c])
+  g = np.choose(sector, [x, c, c, x, z, z])
+  b = np.choose(sector, [z, z, x, c, c, x])
+  return np.stack([r + m, g + m, b + m], axis=-1)
+
+
+def _hue_chroma(rgb):
+  """Hexagonal hue in degrees [0, 360) and chroma of RGB in [0, 1] ([..., 3] -> two [...])."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  mx = np.max(rgb, axis=-1)
+  c = mx - np.min(rgb, axis=-1)
+  safe = np.where(c > 0, c, 1.0)
+  h = np.where(mx == r, np.mod((g - b) / safe, 6.0),
+               np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+  return np.where(c > 0, h * 60.0, 0.0), c
+
+
+def oracle_mask(images) -> np.ndarray:
+  """Foreground by the colour rule (module docstring).
+
+  Args:
+    images: uint8 [..., H, W, 3] in [0, 255], or float [..., H, W, 3] in [-1, 1] (clipped).
+  Returns:
+    bool [..., H, W].
+  """
+  x = np.asarray(images)
+  if x.shape[-1] != 3:
+    raise ValueError(f"oracle_mask: expected [..., H, W, 3] RGB images, got shape {x.shape}")
+  if x.dtype == np.uint8:
+    x = x.astype(np.float32) / 255.0
+  else:
+    x = (np.clip(x.astype(np.float32), -1.0, 1.0) + 1.0) * 0.5
+  hue, chroma = _hue_chroma(x)
+  warm = (hue >= _ORACLE_HUE[0]) | (hue <= _ORACLE_HUE[1])
+  return (chroma >= _ORACLE_CHROMA) & warm
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _grid(n):
+  """Pixel-centre coordinates in [-1, 1]: (y, x), each [n, n]."""
+  t = (np.arange(n, dtype=np.float32) + 0.5) / n * 2.0 - 1.0
+  return np.meshgrid(t, t, indexing="ij")
+
+
+def _smooth_field(rng, size, cells):
+  """Smooth random field in [0, 1]: a cells x cells grid resized bicubically to size x size."""
+  small = rng.random((cells, cells)).astype(np.float32)
+  field = np.asarray(Image.fromarray(small, mode="F").resize((size, size), Image.BICUBIC))
+  lo, hi = field.min(), field.max()
+  return (field - lo) / max(hi - lo, 1e-6)
+
+
+def _bg_colour(rng):
+  """One background colour: near-neutral (any hue) or cool (any chroma)."""
+  if rng.random() < 0.5:
+    v = rng.uniform(0.15, 0.95)
+    s = rng.uniform(0.0, min(1.0, _NEUTRAL_CHROMA / v))
+    h = rng.uniform(0.0, 360.0)
+  else:
+    v = rng.uniform(0.3, 0.95)
+    s = rng.uniform(0.2, 0.9)
+    h = rng.uniform(*_COOL_HUE)
+  return _hsv_to_rgb(np.float32(h), np.float32(s), np.float32(v))
+
+
+def _background(rng, size):
+  """Background RGB [size, size, 3] in [0, 1]."""
+  y, x = _grid(size)
+  kind = rng.integers(4)
+  if kind == 0:    # linear gradient between two colours
+    a = rng.uniform(0, 2 * np.pi)
+    t = np.clip(0.5 + 0.6 * (x * np.cos(a) + y * np.sin(a)), 0, 1)
+    weights = [t, 1 - t]
+  elif kind == 1:  # soft stripes
+    a = rng.uniform(0, np.pi)
+    freq = rng.uniform(1.0, 3.5)
+    t = 0.5 + 0.5 * np.tanh(rng.uniform(1.0, 4.0) * np.sin(
+        np.pi * freq * (x * np.cos(a) + y * np.sin(a)) + rng.uniform(0, 2 * np.pi)))
+    weights = [t, 1 - t]
+  elif kind == 2:  # soft blobs over a base colour
+    k = int(rng.integers(2, 5))
+    ws = []
+    for _ in range(k):
+      cy, cx = rng.uniform(-1, 1, 2)
+      r = rng.uniform(0.2, 0.6)
+      ws.append(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r)))
+    ws = np.stack(ws)
+    base = np.clip(1 - ws.sum(0), 0, 1)
+    total = ws.sum(0) + base
+    weights = [base / total] + [w / total for w in ws]
+  else:            # smooth noise mix of three colours
+    f1 = _smooth_field(rng, size, int(rng.integers(3, 7)))
+    f2 = _smooth_field(rng, size, int(rng.integers(3, 7)))
+    weights = [f1 * f2, f1 * (1 - f2), 1 - f1]
+  colours = [_bg_colour(rng) for _ in weights]
+  bg = sum(w[..., None] * c for w, c in zip(weights, colours))
+  # Multiplicative vignette / luminance ramp (scales chroma down or by <= 10%).
+  a = rng.uniform(0, 2 * np.pi)
+  lum = 1.0 + rng.uniform(-0.1, 0.1) * (x * np.cos(a) + y * np.sin(a))
+  lum -= rng.uniform(0.0, 0.25) * (x * x + y * y) / 2
+  return np.clip(bg * lum[..., None], 0, 1).astype(np.float32)
+
+
+def _unit_radius(family, params, theta):
+  """Boundary radius of the unit shape (local coordinates) at angles theta."""
+  c, s = np.abs(np.cos(theta)), np.abs(np.sin(theta))
+  if family == 0:  # ellipse (circle before the aspect scaling)
+    return np.ones_like(theta)
+  if family == 1:  # superellipse |x|^p + |y|^p = 1, a rounded rectangle
+    p = params
+    return (c ** p + s ** p) ** (-1.0 / p)
+  amps, phases = params  # blob: 1 + sum a_k cos(k theta + phi_k), normalised to max 1
+  r = 1.0 + sum(a * np.cos(k * theta + ph) for k, a, ph in zip((2, 3, 4), amps, phases))
+  return r / (1.0 + np.sum(amps))
+
+
+def _shape_coverage(rng, size):
+  """Sample one object; returns (coverage [size, size] in [0, 1], local coords (u, v) [size, size])."""
+  n = size * _SUPERSAMPLE
+  for _ in range(100):
+    family = int(rng.integers(3))
+    if family == 0:
+      params = None
+    elif family == 1:
+      params = rng.uniform(2.5, 6.0)
+    else:
+      params = (rng.uniform(0.0, 0.15, 3), rng.uniform(0, 2 * np.pi, 3))
+    theta = np.linspace(0, 2 * np.pi, 256, endpoint=False)
+    r_unit = _unit_radius(family, params, theta)
+    unit_area = 0.5 * np.mean(r_unit ** 2) * 2 * np.pi
+    target = rng.uniform(*_COVERAGE) * 4.0              # image area is 4 in [-1, 1]^2
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    scale = np.sqrt(target / unit_area)
+    sx, sy = scale * np.sqrt(aspect), scale / np.sqrt(aspect)
+    rot = rng.uniform(0, np.pi)
+    bx, by = r_unit * np.cos(theta) * sx, r_unit * np.sin(theta) * sy
+    ex = np.max(np.abs(bx * np.cos(rot) - by * np.sin(rot)))
+    ey = np.max(np.abs(bx * np.sin(rot) + by * np.cos(rot)))
+    if max(ex, ey) > 0.97:
+      continue
+    cx = rng.uniform(-1 + 0.9 * ex, 1 - 0.9 * ex)
+    cy = rng.uniform(-1 + 0.9 * ey, 1 - 0.9 * ey)
+    y, x = _grid(n)
+    dx, dy = x - cx, y - cy
+    u = (dx * np.cos(rot) + dy * np.sin(rot)) / sx
+    v = (-dx * np.sin(rot) + dy * np.cos(rot)) / sy
+    rho = np.sqrt(u * u + v * v)
+    inside = rho <= _unit_radius(family, params, np.arctan2(v, u))
+    cov = inside.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean(axis=(1, 3))
+    frac = float(np.mean(cov >= 0.5))
+    if _COVERAGE[0] <= frac <= _COVERAGE[1]:
+      pool = lambda a: a.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean(axis=(1, 3))
+      return cov.astype(np.float32), pool(u), pool(v)
+  raise RuntimeError("l4f_shapes: could not place an object after 100 tries")
+
+
+def _foreground(rng, u, v):
+  """Object colour [size, size, 3]: warm hue varying across the object, directional shading."""
+  h0 = rng.uniform(*_FG_HUE)
+  a = rng.uniform(0, 2 * np.pi)
+  hue = h0 + rng.uniform(-12, 12) * np.clip(u * np.cos(a) + v * np.sin(a), -1, 1)
+  hue = np.clip(hue, *_FG_HUE)
+  b = rng.uniform(0, 2 * np.pi)
+  lit = np.clip(0.5 + 0.5 * (u * np.cos(b) + v * np.sin(b)), 0, 1)
+  dome = np.clip(1 - (u * u + v * v), 0, 1)
+  shade = _FG_SHADE_MIN + (1 - _FG_SHADE_MIN) * np.clip(0.6 * lit + 0.4 * dome, 0, 1)
+  s = rng.uniform(*_FG_SAT)
+  val = rng.uniform(*_FG_VAL) * shade
+  return _hsv_to_rgb(hue, np.full_like(hue, s), val).astype(np.float32)
+
+
+def render_example(seed_or_rng, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """Renders one example (pure numpy, deterministic in the seed).
+
+  Args:
+    seed_or_rng: an int, a sequence of ints, a `np.random.SeedSequence` or a `np.random.Generator`.
+    size: image side in pixels.
+  Returns:
+    (image uint8 [size, size, 3], mask bool [size, size]).
+  """
+  rng = np.random.default_rng(seed_or_rng)
+  bg = _background(rng, size)
+  cov, u, v = _shape_coverage(rng, size)
+  fg = _foreground(rng, u, v)
+  img = cov[..., None] * fg + (1 - cov[..., None]) * bg
+  img = img + rng.uniform(0.0, 0.02) * rng.standard_normal((size, size, 1)).astype(np.float32)
+  image = np.floor(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+  return image, cov >= 0.5
+
+
+# ----------------------------------------------------------------------------- tfds builder
+
+
+@dataclasses.dataclass(eq=False)
+class ShapesConfig(tfds.core.BuilderConfig):
+  """resolution: image side (px); num_examples: train split size; seed: dataset seed."""
+  resolution: int = 64
+  num_examples: int = 4096
+  seed: int = 0
+
+
+def config_name(resolution: int, num_examples: int, seed: int) -> str:
+  return f"{resolution}px_n{num_examples}_seed{seed}"
+
+
+def _png(array) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+  return buf.getvalue()
+
+
+class L4fShapes(tfds.core.GeneratorBasedBuilder):
+  """Procedural fg/bg dataset; example i is `render_example([seed, i], resolution)`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = [ShapesConfig(name=config_name(64, 4096, 0))]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    r = self.builder_config.resolution
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Procedural warm foreground objects over neutral/cool backgrounds, with masks.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png"),
+            "mask": tfds.features.Image(shape=(r, r, 1), encoding_format="png"),
+            "id": tfds.features.Scalar(dtype=np.int64),
+        }),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    cfg = self.builder_config
+    for i in range(cfg.num_examples):
+      image, mask = render_example([cfg.seed, i], cfg.resolution)
+      yield i, {"image": _png(image), "mask": _png(mask.astype(np.uint8) * 255), "id": i}
+
+
+def prepare_shapes(data_dir, size: int = 64, num_examples: int = 4096, seed: int = 0) -> str:
+  """Builds l4f_shapes under data_dir (skipped if already built); returns the builder directory."""
+  if size < 16 or num_examples < 1:
+    raise ValueError(f"prepare_shapes: need size >= 16 and num_examples >= 1, got {size}, {num_examples}")
+  cfg = ShapesConfig(name=config_name(size, num_examples, seed), resolution=size,
+                     num_examples=num_examples, seed=seed)
+  builder = L4fShapes(config=cfg, data_dir=os.fspath(data_dir))
+  if not builder.is_prepared():
+    logging.info("Building l4f_shapes %s in %s", cfg.name, builder.data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return os.fspath(builder.data_dir)
