@@ -1,0 +1,200 @@
+"""A user's folder of images (FFHQ, LSUN exports, ...) as a tfds array_record dataset.
+
+Preparation follows rosinality's `prepare_data.py`: convert to RGB, resize the shorter side to
+`size` with LANCZOS (longer side `int(size * long / short)`), centre crop `size` x `size` (offsets
+`round((dim - size) / 2)`). Unlike rosinality (JPEG quality 100) images are stored as PNG, so an
+image that is already `size` x `size` RGB round-trips pixel-exact.
+
+Layout: `<data_dir>/<name>/<size>px/1.0.0/`. Features: `image` uint8 [size, size, 3] (PNG), `id`
+int64 (0.. in natural order of the written files), `filename` (path relative to the source folder).
+Records come back in hashed order, so use `id` / `filename` to identify an example. Files are
+found recursively by extension; unreadable ones are skipped, counted and logged.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import types
+import warnings
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                    ".pgm", ".pbm")
+_CHUNK = 256
+_COUNTS_FILE = "l4f_counts.json"
+
+
+def natural_key(text: str):
+  """Sort key that orders embedded integers numerically ('img2' < 'img10')."""
+  return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def list_images(src) -> list[str]:
+  """Relative POSIX paths of the image files under src (recursive), in natural order."""
+  src = os.fspath(src)
+  found = []
+  for root, dirs, files in os.walk(src, followlinks=True):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for f in files:
+      if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+        found.append(os.path.relpath(os.path.join(root, f), src).replace(os.sep, "/"))
+  return sorted(found, key=natural_key)
+
+
+def resize_and_crop(img: Image.Image, size: int) -> Image.Image:
+  """rosinality `resize_and_convert` minus JPEG: RGB, shorter side -> size, centre crop."""
+  img = img.convert("RGB")
+  w, h = img.size
+  if w <= h:
+    new_w, new_h = size, int(size * h / w)
+  else:
+    new_w, new_h = int(size * w / h), size
+  img = img.resize((new_w, new_h), Image.LANCZOS)
+  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+  return img.crop((left, top, left + size, top + size))
+
+
+def _load_png(path: str, size: int) -> bytes | None:
+  """PNG bytes of the prepared image, or None when the file cannot be read."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      with Image.open(path) as img:
+        out = resize_and_crop(img, size)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
+  except Exception as e:  # pylint: disable=broad-except  # any decoder failure means "unreadable"
+    logging.warning("Skipping unreadable image %s: %s", path, str(e).splitlines()[0] if str(e) else
+                    type(e).__name__)
+    return None
+
+
+@dataclasses.dataclass(eq=False)
+class ImageFolderConfig(tfds.core.BuilderConfig):
+  """size: output side in pixels."""
+  size: int = 256
+
+
+class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base builder; use `builder_class(name)` to get one whose directory is named after the dataset.
+
+  The source folder is passed as `manual_dir` (tfds DownloadConfig).
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the image folder as manual_dir (prepare_data --src)."
+  num_written = 0
+  num_skipped = 0
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    # No checksums file; tfds' default lookup imports the absent `importlib_resources`.
+    return None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    s = self.builder_config.size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Image folder prepared at {s}x{s} (LANCZOS shorter side, centre crop), PNG.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+            "id": tfds.features.Scalar(dtype=np.int64),
+            "filename": tfds.features.Text(),
+        }),
+    )
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(os.fspath(dl_manager.manual_dir))}
+
+  def _generate_examples(self, src):
+    size = self.builder_config.size
+    files = list_images(src)
+    self.num_written = self.num_skipped = 0
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+      for start in range(0, len(files), _CHUNK):
+        chunk = files[start:start + _CHUNK]
+        encoded = pool.map(lambda f: _load_png(os.path.join(src, f), size), chunk)
+        for rel, png in zip(chunk, encoded):
+          if png is None:
+            self.num_skipped += 1
+            continue
+          yield rel, {"image": png, "id": self.num_written, "filename": rel}
+          self.num_written += 1
+
+
+def builder_class(name: str) -> type[ImageFolderBuilder]:
+  """An ImageFolderBuilder subclass whose tfds name (and directory) is `name`."""
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    raise ValueError(f"--name={name!r}: use lowercase letters, digits and '_' "
+                     "(starting with a letter), e.g. --name=ffhq")
+  return types.new_class(f"ImageFolder_{name}", (ImageFolderBuilder,),
+                         {"skip_registration": True}, lambda ns: ns.update(name=name))
+
+
+def dataset_dir(data_dir, name: str, size: int) -> str:
+  """Where `prepare_image_folder` puts the dataset."""
+  return os.path.join(os.fspath(data_dir), name, f"{size}px", str(ImageFolderBuilder.VERSION))
+
+
+def prepare_image_folder(src, data_dir, name: str, size: int) -> dict:
+  """Builds (or reuses) the dataset; returns {'path', 'written', 'skipped', 'reused'}.
+
+  Raises ValueError / FileNotFoundError with a one-line message naming the flag to fix.
+  """
+  src = os.path.abspath(os.fspath(src))
+  if size < 4:
+    raise ValueError(f"--size={size}: must be at least 4 pixels")
+  cls = builder_class(name)
+  out = dataset_dir(data_dir, name, size)
+  if os.path.exists(os.path.join(out, "dataset_info.json")):
+    counts = _read_counts(out)
+    logging.info("Dataset already prepared in %s; delete it to rebuild.", out)
+    return dict(path=out, reused=True, **counts)
+  if not os.path.isdir(src):
+    raise FileNotFoundError(f"--src={src}: not a directory; point it at a folder of images")
+  if not list_images(src):
+    raise ValueError(f"--src={src}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found "
+                     "(searched recursively)")
+  builder = cls(config=ImageFolderConfig(name=f"{size}px", size=size),
+                data_dir=os.fspath(data_dir), file_format="array_record")
+  with tempfile.TemporaryDirectory() as tmp:  # tfds wants a download dir; nothing is downloaded
+    builder.download_and_prepare(download_dir=tmp, download_config=tfds.download.DownloadConfig(
+        manual_dir=src, try_download_gcs=False))
+  counts = dict(written=builder.num_written, skipped=builder.num_skipped)
+  if counts["written"] == 0:
+    shutil.rmtree(out, ignore_errors=True)
+    raise ValueError(f"--src={src}: none of the {counts['skipped']} image files could be read")
+  _write_json_atomic(os.path.join(out, _COUNTS_FILE), dict(counts, source=src, size=size))
+  logging.info("Prepared %s: %d images written, %d unreadable skipped", out, counts["written"],
+               counts["skipped"])
+  return dict(path=out, reused=False, **counts)
+
+
+def _read_counts(path: str) -> dict:
+  try:
+    with open(os.path.join(path, _COUNTS_FILE)) as f:
+      c = json.load(f)
+    return dict(written=int(c["written"]), skipped=int(c["skipped"]))
+  except (OSError, ValueError, KeyError):
+    n = tfds.builder_from_directory(path).info.splits["train"].num_examples
+    return dict(written=int(n), skipped=0)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.chmod(tmp, 0o644)
+  os.replace(tmp, path)
