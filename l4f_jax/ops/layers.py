@@ -128,6 +128,38 @@ class Upsample(nn.Module):
     return upfirdn2d(x, k, up=self.factor, pad=((p + 1) // 2 + self.factor - 1, p // 2))
 
 
+def conv_transpose_stride2(x, weight, dtype=None):
+  """PyTorch `conv_transpose2d(x, w, stride=2, padding=0)` on NHWC, output 2H + k - 2.
+
+  `weight` is [k, k, in, out] in PyTorch's orientation (unflipped). The transposed convolution is
+  computed as its four sub-pixel phases: output (2m + a, 2n + b) only sees taps t = a (mod 2), so each
+  phase is an ordinary stride-1 convolution with a 2x2, 2x1, 1x2 or 1x1 slice of the kernel, and the
+  phases are interleaved. Same FLOPs as the transposed conv, and no dilated convolutions, whose
+  gradients XLA:CPU runs an order of magnitude slower.
+  """
+  b, h, w, _ = x.shape
+  k = weight.shape[0]
+  dtype = dtype or x.dtype
+  n = [(k - a + 1) // 2 for a in (0, 1)]          # taps per phase
+  sh, sw = h + n[0] - 1, w + n[0] - 1              # longest phase
+  rows = []
+  for a in (0, 1):
+    cols = []
+    for c in (0, 1):
+      ka = weight[a::2][::-1]                      # taps t = a + 2s, reversed for correlation
+      kc = ka[:, c::2][:, ::-1]
+      if 0 in kc.shape[:2]:                        # k = 1: the odd phases receive no tap
+        cols.append(jnp.zeros((b, sh, sw, weight.shape[-1]), dtype))
+        continue
+      y = lax.conv_general_dilated(x.astype(dtype), kc.astype(dtype), (1, 1),
+                                   ((n[a] - 1, n[a] - 1), (n[c] - 1, n[c] - 1)), dimension_numbers=_DN)
+      cols.append(jnp.pad(y, ((0, 0), (0, sh - y.shape[1]), (0, sw - y.shape[2]), (0, 0))))
+    rows.append(jnp.stack(cols, axis=3))            # [B, sh, sw, 2(c), C]
+  y = jnp.stack(rows, axis=2)                       # [B, sh, 2(a), sw, 2(c), C]
+  y = y.reshape(b, 2 * sh, 2 * sw, y.shape[-1])
+  return y[:, :2 * h + k - 2, :2 * w + k - 2]
+
+
 def modulated_conv(x, weight, s, *, demodulate: bool, upsample: bool, fused: bool,
                    blur_kernel: Sequence[float], dtype=None):
   """Modulated convolution. `weight` is the already-scaled HWIO kernel, `s` the styles [B, in].
@@ -150,8 +182,11 @@ def modulated_conv(x, weight, s, *, demodulate: bool, upsample: bool, fused: boo
     k_eff = weight
     conv_kw = dict(window_strides=(1, 1), padding=((kh // 2, kh // 2), (kw // 2, kw // 2)))
   if not fused:
-    y = lax.conv_general_dilated((x * s[:, None, None, :].astype(x.dtype)).astype(dtype),
-                                 k_eff.astype(dtype), dimension_numbers=_DN, **conv_kw)
+    xs = (x * s[:, None, None, :].astype(x.dtype)).astype(dtype)
+    if upsample:
+      y = conv_transpose_stride2(xs, weight, dtype)
+    else:
+      y = lax.conv_general_dilated(xs, k_eff.astype(dtype), dimension_numbers=_DN, **conv_kw)
     if demodulate:
       wsq = jnp.sum(jnp.square(w32), axis=(0, 1))                 # [in, out]
       d = lax.rsqrt(jnp.dot(jnp.square(s32), wsq) + 1e-8)        # [B, out]

@@ -1,0 +1,55 @@
+"""Training checkpoints with Orbax's CheckpointManager (asynchronous saves, keep-last-N, resume).
+
+A checkpoint holds one pytree `state` (params, optimizer states, step; typed PRNG keys are stored as
+their raw key data) and a JSON item `meta` (the run's resolved flags and anything else JSON-able).
+Every process takes part in saving; Orbax writes into a temporary directory and commits by rename, so
+an interrupted save never leaves a checkpoint that restores.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` for one training run's directory."""
+
+  def __init__(self, directory: str, keep: int = 2, save_every: Optional[int] = None):
+    self.directory = os.path.abspath(directory)
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             save_interval_steps=save_every or 1))
+
+  def latest_step(self) -> Optional[int]:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+    """Start an asynchronous save (returns at once); `force` ignores the save interval."""
+    return self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, target: Any, step: Optional[int] = None) -> tuple[int, Any, dict]:
+    """Restore `step` (default latest) into the structure, dtypes and shardings of `target`."""
+    step = self._mngr.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    out = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                           meta=ocp.args.JsonRestore()))
+    return step, out["state"], out["meta"]
+
+  def restore_meta(self, step: Optional[int] = None) -> dict:
+    step = self._mngr.latest_step() if step is None else step
+    return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
