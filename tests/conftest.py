@@ -7,3 +7,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+  # Registered, not deselected: slow tests run in the default command (`pytest -m "not slow"` skips).
+  config.addinivalue_line("markers", "slow: long-running test (still part of the default run)")

@@ -1,0 +1,70 @@
+r"""Converts a PyTorch checkpoint to an l4f_jax weight directory (config.json + Orbax state).
+
+  python -m experiments.convert --src=stylegan2-ffhq-config-f.pt --dst=weights/ffhq
+  python -m experiments.convert --src=checkpoint/010000.pt --dst=weights/l4f_ffhq --allow_pickle
+
+Reads rosinality files ('g_ema', and 'g', 'd', 'latent_avg' where present) and official Labels4Free
+checkpoints (alpha from 'bg_extractor_ema', else 'bg_extractor' without its `module.` prefix; 'd';
+the generator under 'g', since they have no 'g_ema'). Trees keep their checkpoint names; consumers
+take 'g_ema' when present, else 'g' (`weights.generator_params`).
+
+--allow_pickle loads with torch.load(weights_only=False), which can execute code from the file: use
+it only for files you trust (training checkpoints need it for their argparse 'args').
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Optional
+
+from absl import app, flags
+
+_SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pt) to convert.")
+_DST = flags.DEFINE_string("dst", None, "Output weight directory (must not exist).")
+_ALLOW_PICKLE = flags.DEFINE_bool(
+    "allow_pickle", False, "Load with weights_only=False (trusted files only: it can run code).")
+_LR_MLP = flags.DEFINE_float("lr_mlp", 0.01, "Mapping-network lr multiplier the generator used.")
+_SIZE = flags.DEFINE_integer("size", None, "Generator size, only for alpha-only files.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing weight directory at --dst.")
+
+
+def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float = 0.01,
+                 size: Optional[int] = None, overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> tuple[dict, dict]:
+  """Converts `src` into the weight directory `dst`; returns (config, trees). Logs via `log`."""
+  from l4f_jax.system import convert, weights  # noqa: PLC0415  (after flag parsing / JAX setup)
+
+  dst = os.path.abspath(dst)
+  if os.path.lexists(dst) and not overwrite:
+    raise weights.WeightsError(f"--dst {dst} already exists; choose a new --dst or pass "
+                               f"--overwrite")
+  ckpt = convert.load_torch_checkpoint(src, allow_pickle=allow_pickle)
+  config, trees, report = convert.convert_checkpoint(ckpt, lr_mlp=lr_mlp, size=size)
+  for line in report:
+    log(line)
+  config["source"] = os.path.basename(src)
+  weights.save_weights(dst, config, trees, overwrite=overwrite)
+  fields = ", ".join(f"{k}={config[k]}" for k in weights.MODEL_KEYS if config.get(k) is not None)
+  log(f"wrote {dst} ({fields})")
+  for name in weights.TREE_NAMES:
+    if name in trees:
+      log(f"  {name}: {weights.summarize_tree(trees[name])}")
+  return config, trees
+
+
+def main(argv):
+  from l4f_jax.system.weights import WeightsError  # noqa: PLC0415
+
+  try:
+    if len(argv) > 1:
+      raise WeightsError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    if not _SRC.value or not _DST.value:
+      raise WeightsError("--src=<checkpoint.pt> and --dst=<new directory> are required")
+    convert_file(_SRC.value, _DST.value, _ALLOW_PICKLE.value, _LR_MLP.value, _SIZE.value,
+                 _OVERWRITE.value)
+  except WeightsError as e:
+    sys.exit(f"convert: error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,218 @@
+"""Converted-weight directories: `config.json` plus an Orbax checkpoint of parameter trees.
+
+Layout of a weight directory:
+
+  <dir>/config.json   model config (size, style_dim, n_mlp, channel_multiplier, channel_base,
+                      channel_max, lr_mlp), 'contents' (the stored tree names), 'source', 'format'
+  <dir>/state/        Orbax StandardCheckpointer checkpoint of a dict with any of:
+                        'g_ema', 'g'     Generator params (Flax trees, rosinality names)
+                        'd'              Discriminator params
+                        'latent_avg'     [1, style_dim]
+                        'noises'         stored noise buffers [1, r, r, 1] (rosinality order)
+                        'alpha'          AlphaNetwork params
+
+The same format holds converted PyTorch checkpoints (`python -m experiments.convert`), the small
+generator shipped with the project and alpha-only exports from training. Trees are saved as host
+(NumPy) arrays, so a directory written by a process with any number of devices restores in any
+other: the restore target is built from the stored metadata and placed on the first local device.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from l4f_jax.models.stylegan2 import Discriminator, Generator
+
+FORMAT = "l4f_jax.weights"
+VERSION = 1
+CONFIG_FILE = "config.json"
+STATE_DIR = "state"
+TREE_NAMES = ("g_ema", "g", "d", "latent_avg", "noises", "alpha")
+MODEL_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max",
+              "lr_mlp")
+CONVERT_HINT = ("convert a PyTorch checkpoint first: "
+                "python -m experiments.convert --src=<file.pt> --dst=<dir>")
+
+
+class WeightsError(Exception):
+  """A user-facing error about weight files; its message is one line naming the file and the fix."""
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs dozens of INFO lines per save/restore through absl; keep them out of the output."""
+  old = logging.get_verbosity()
+  logging.set_verbosity(min(old, logging.WARNING))  # absl: larger = more verbose
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)
+
+
+def is_weight_dir(path: str) -> bool:
+  """True if `path` holds a config.json written by `save_weights`."""
+  try:
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+      return json.load(f).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _check_trees(trees: dict) -> None:
+  if not trees:
+    raise WeightsError("nothing to save: the tree dict is empty")
+  unknown = sorted(set(trees) - set(TREE_NAMES))
+  if unknown:
+    raise WeightsError(f"unknown tree name(s) {unknown}; allowed: {list(TREE_NAMES)}")
+
+
+def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -> str:
+  """Writes `trees` and `config` to the weight directory `dst` atomically; returns its path.
+
+  The directory is assembled in a temporary folder next to `dst` and renamed into place, so nothing
+  is left at `dst` on failure. An existing `dst` is refused unless `overwrite`; even then only an
+  empty directory or an existing weight directory is replaced.
+  """
+  _check_trees(trees)
+  dst = os.path.abspath(dst)
+  if os.path.lexists(dst):
+    if not overwrite:
+      raise WeightsError(f"{dst} already exists; choose a new destination or pass --overwrite")
+    if not os.path.isdir(dst) or (os.listdir(dst) and not is_weight_dir(dst)):
+      raise WeightsError(f"{dst} exists and is not a weight directory; refusing to overwrite it")
+  parent = os.path.dirname(dst)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
+  try:
+    cfg = dict(config)
+    cfg.update(format=FORMAT, version=VERSION, contents=sorted(trees))
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+      json.dump(cfg, f, indent=2, sort_keys=True)
+      f.write("\n")
+    host = jax.tree.map(np.asarray, dict(trees))
+    with _quiet_orbax():
+      ckptr = ocp.StandardCheckpointer()
+      ckptr.save(os.path.join(tmp, STATE_DIR), host)
+      ckptr.wait_until_finished()
+      ckptr.close()
+    if os.path.lexists(dst):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
+      os.rename(dst, os.path.join(old, "x"))
+      os.rename(tmp, dst)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dst
+
+
+def read_config(path: str) -> dict:
+  """Reads and checks `<path>/config.json`; raises WeightsError with a one-line message."""
+  if not os.path.exists(path):
+    raise WeightsError(f"weight directory {path} does not exist; {CONVERT_HINT}")
+  if not os.path.isdir(path):
+    raise WeightsError(f"{path} is a file, not a converted-weight directory; {CONVERT_HINT}")
+  cfg_path = os.path.join(path, CONFIG_FILE)
+  try:
+    with open(cfg_path) as f:
+      cfg = json.load(f)
+  except FileNotFoundError:
+    raise WeightsError(f"{path} is not a converted-weight directory (no {CONFIG_FILE}); "
+                       f"{CONVERT_HINT}") from None
+  except (OSError, ValueError) as e:
+    raise WeightsError(f"{cfg_path} is unreadable ({e}); {CONVERT_HINT}") from None
+  if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+    raise WeightsError(f"{cfg_path} is not an l4f_jax weight config (format != {FORMAT!r}); "
+                       f"{CONVERT_HINT}")
+  if cfg.get("version") != VERSION:
+    raise WeightsError(f"{cfg_path} has format version {cfg.get('version')}, this code reads "
+                       f"{VERSION}; convert the checkpoint again")
+  return cfg
+
+
+def load_weights(path: str) -> tuple[dict, dict]:
+  """Reads a weight directory -> (config, trees); arrays land on the first local device."""
+  cfg = read_config(path)
+  state = os.path.abspath(os.path.join(path, STATE_DIR))
+  if not os.path.isdir(state):
+    raise WeightsError(f"{path} has no {STATE_DIR}/ checkpoint (incomplete copy?); {CONVERT_HINT}")
+  with _quiet_orbax():
+    ckptr = ocp.StandardCheckpointer()
+  try:
+    with _quiet_orbax():
+      meta = ckptr.metadata(state)
+    meta = getattr(meta, "item_metadata", meta)
+    meta = getattr(meta, "tree", meta)
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta)
+    with _quiet_orbax():
+      trees = ckptr.restore(state, target)
+  except (OSError, ValueError, KeyError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise WeightsError(f"cannot restore {state}: {first}") from None
+  finally:
+    with _quiet_orbax():
+      ckptr.close()
+  if sorted(trees) != sorted(cfg.get("contents", [])):
+    raise WeightsError(f"{path}: stored trees {sorted(trees)} do not match config 'contents' "
+                       f"{cfg.get('contents')}; convert the checkpoint again")
+  return cfg, dict(trees)
+
+
+def _model_kwargs(config: dict, keys) -> dict:
+  missing = [k for k in keys if k not in config]
+  if missing:
+    raise WeightsError(f"weight config lacks {missing} (alpha-only export?); use a directory "
+                       f"converted from a generator checkpoint")
+  kw = {k: config[k] for k in keys}
+  if kw.get("channel_multiplier") is None:  # channel_base given: the multiplier is unused
+    kw["channel_multiplier"] = 2
+  return kw
+
+
+def generator_from_config(config: dict, **overrides: Any) -> Generator:
+  """Generator for a weight config; `overrides` set other fields (dtype, fused_modconv, ...)."""
+  kw = _model_kwargs(config, MODEL_KEYS)
+  kw.update(overrides)
+  return Generator(**kw)
+
+
+def discriminator_from_config(config: dict, stddev_group: int = 4,
+                              **overrides: Any) -> Discriminator:
+  """Discriminator for a weight config (the stddev group is a training choice, not stored)."""
+  kw = _model_kwargs(config, ("size", "channel_multiplier", "channel_base", "channel_max"))
+  kw.update(overrides)
+  return Discriminator(stddev_group=stddev_group, **kw)
+
+
+def generator_params(trees: dict, path: Optional[str] = None):
+  """The inference generator params: 'g_ema' when present, else 'g' (Labels4Free checkpoints)."""
+  for name in ("g_ema", "g"):
+    if name in trees:
+      return trees[name]
+  where = f"{path} " if path else ""
+  raise WeightsError(f"weight directory {where}holds no generator ('g_ema' or 'g'); it has "
+                     f"{sorted(trees)}")
+
+
+def summarize_tree(tree) -> str:
+  """'N tensors, M parameters' for a param tree, or the shape(s) for arrays / lists of arrays."""
+  leaves = jax.tree.leaves(tree)
+  if isinstance(tree, (list, tuple)):
+    shapes = sorted({tuple(x.shape) for x in leaves})
+    return f"{len(leaves)} arrays, shapes {list(shapes[0])} .. {list(shapes[-1])}"
+  if not isinstance(tree, dict):
+    return f"shape {list(np.shape(tree))}"
+  n = sum(int(np.prod(np.shape(x))) for x in leaves)
+  return f"{len(leaves)} tensors, {n:,} parameters"
