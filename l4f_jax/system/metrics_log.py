@@ -6,6 +6,7 @@ device only when they are logged (every N steps), never inside the step loop's h
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import os
 import time
 from typing import Mapping, Optional
@@ -75,6 +76,25 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+class _DropLibraryInfo(logging_std.Filter):
+  """Drops INFO/DEBUG records emitted from inside noisy libraries (Orbax logs dozens per save)."""
+
+  def __init__(self, fragments):
+    super().__init__()
+    self.fragments = tuple(fragments)
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or not any(f in record.pathname
+                                                            for f in self.fragments)
+
+
+def quiet_library_logs(fragments=("/orbax/", "/tensorflow_datasets/", "/etils/")) -> None:
+  """Keep third-party INFO lines (including those from background save threads) off the console."""
+  logger = logging_std.getLogger("absl")
+  if not any(isinstance(f, _DropLibraryInfo) for f in logger.filters):
+    logger.addFilter(_DropLibraryInfo(fragments))
 
 
 def log_console(msg: str) -> None:
