@@ -1,0 +1,52 @@
+"""A tiny Labels4Free world for the training-system tests: a random 16/32 px generator written as a
+converted-weight directory (with 'd' and 'latent_avg') and a small l4f_shapes dataset."""
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+from l4f_jax.datasets.shapes import prepare_shapes
+from l4f_jax.system.weights import discriminator_from_config, generator_from_config, save_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Compiled programs persist across the test processes (and sessions): keyed by program, compile
+# options and jax version, so they only save time.
+XLA_CACHE = os.path.join(tempfile.gettempdir(), f"l4f_jax_test_xla_cache_{jax.__version__}")
+# Cheap compiles for the tiny programs (they run in milliseconds either way).
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def cli_env(devices: int = 4) -> dict:
+  """Environment of a CLI subprocess on `devices` fake CPU devices."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_XLA}",
+              JAX_COMPILATION_CACHE_DIR=XLA_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def tiny_config(size: int = 16) -> dict:
+  return dict(size=size, style_dim=16, n_mlp=2, channel_multiplier=None, channel_base=16 * size,
+              channel_max=16, lr_mlp=0.01, source="tests.tiny_world", kind="stylegan2")
+
+
+def make_generator_dir(path: str, size: int = 16, seed: int = 0) -> str:
+  """Random G (+ D) in the converted-weight format; returns `path`."""
+  config = tiny_config(size)
+  g = generator_from_config(config)
+  d = discriminator_from_config(config)
+  kg, kd = jax.random.split(jax.random.key(seed))
+  g_params = g.init(kg, jnp.zeros((1, g.style_dim)), noise_key=kg)["params"]
+  # A fresh G has zero noise weights and biases (G_bg would be constant): perturb every leaf.
+  leaves, tree = jax.tree.flatten(g_params)
+  keys = jax.random.split(jax.random.fold_in(kg, 1), len(leaves))
+  g_params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
+                                       for x, k in zip(leaves, keys)])
+  d_params = d.init(kd, jnp.zeros((2, size, size, 3)))["params"]
+  save_weights(path, config, {"g_ema": g_params, "d": d_params,
+                              "latent_avg": jnp.zeros((1, g.style_dim))})
+  return path
+
+
+def make_dataset(data_dir: str, size: int = 16, num_examples: int = 64) -> str:
+  """l4f_shapes at `size` px; returns the prepared dataset directory."""
+  return prepare_shapes(data_dir, size=size, num_examples=num_examples)
