@@ -17,10 +17,9 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "workspace/datasets/l4f_shapes", "Prepared dataset directory "
                     "(python -m experiments.prepare_data).")
-flags.DEFINE_bool("prepare_shapes", False, "Build the built-in l4f_shapes dataset at --dataset if "
-                  "it is missing.")
+flags.DEFINE_integer("prepare_shapes", 0, "If > 0 and --dataset (…/l4f_shapes) is missing, build "
+                     "the built-in l4f_shapes dataset with this many images at --shapes_size.")
 flags.DEFINE_integer("shapes_size", 64, "Resolution of l4f_shapes when --prepare_shapes builds it.")
-flags.DEFINE_integer("shapes_examples", 8192, "Number of l4f_shapes images --prepare_shapes builds.")
 flags.DEFINE_string("workdir", "workspace/runs/gan", "Checkpoints, logs and sample grids.")
 flags.DEFINE_string("export", None, "Write the trained weights (converted-weight format) here.")
 flags.DEFINE_integer("style_dim", 512, "Latent size.")
@@ -65,10 +64,12 @@ def main(argv):
   n_dev = mesh.devices.size
   if FLAGS.batch % n_dev:
     raise app.UsageError(f"--batch={FLAGS.batch} must be divisible by the {n_dev} devices")
-  if FLAGS.prepare_shapes and not os.path.exists(FLAGS.dataset):
-    from l4f_jax.datasets.shapes import prepare_shapes
-    prepare_shapes(os.path.dirname(FLAGS.dataset.rstrip("/")) or ".", size=FLAGS.shapes_size,
-                   num_examples=FLAGS.shapes_examples, seed=FLAGS.seed)
+  if FLAGS.prepare_shapes:
+    from l4f_jax.datasets.shapes import ensure_shapes
+    try:
+      ensure_shapes(FLAGS.dataset, FLAGS.shapes_size, FLAGS.prepare_shapes, seed=0)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   try:
     source, size = data_lib.open_dataset(FLAGS.dataset)
   except (FileNotFoundError, ValueError) as e:
@@ -132,7 +133,7 @@ def main(argv):
   progress = metrics_log.Progress(start, FLAGS.iters)
 
   # ---------------------------------------------------------------- Loop.
-  batches = loader.iterate(start_step=start, num_steps=FLAGS.iters - start)
+  batches = loader.iterate(start_step=start, num_steps=max(FLAGS.iters - start, 0))
   metrics = None
   for step, batch in batches:
     do_r1 = step % cfg.d_reg_every == 0

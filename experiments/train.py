@@ -41,6 +41,8 @@ PREPARE_CMD = "python -m experiments.prepare_data --src=<image folder> --name=<n
 # Inputs and outputs.
 flags.DEFINE_string("generator", "workspace/weights/shapes64",
                     f"Converted generator weight directory ({CONVERT_CMD}).")
+flags.DEFINE_integer("prepare_shapes", 0, "If > 0 and --dataset (…/l4f_shapes) is missing, build "
+                     "the built-in l4f_shapes dataset with this many images at the generator's size.")
 flags.DEFINE_string("dataset", "workspace/datasets/l4f_shapes",
                     f"Prepared dataset directory ({PREPARE_CMD}).")
 flags.DEFINE_string("workdir", "workspace/runs/l4f", "Checkpoints, logs, sample grids, export.")
@@ -233,6 +235,12 @@ def train(argv):
   models = step_lib.Models(generator=generator, alpha=AlphaNetwork(size), discriminator=disc)
 
   # ---------------------------------------------------------------- Data (this host's share).
+  if FLAGS.prepare_shapes:
+    from l4f_jax.datasets.shapes import ensure_shapes
+    try:
+      ensure_shapes(FLAGS.dataset, size, FLAGS.prepare_shapes, seed=0)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   try:
     source, data_size = data_lib.open_dataset(FLAGS.dataset)
   except (FileNotFoundError, ValueError) as e:

@@ -349,3 +349,20 @@ def prepare_shapes(data_dir, size: int = 64, num_examples: int = 4096, seed: int
       builder.download_and_prepare(
           download_dir=tmp, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return os.fspath(builder.data_dir)
+
+
+def ensure_shapes(dataset: str, size: int, num_examples: int, seed: int = 0) -> None:
+  """Builds l4f_shapes for a `--dataset=<dir>/l4f_shapes` path that does not exist yet.
+
+  Process 0 builds it (into the parent directory); every process then waits for it, so a multi-host
+  job on a shared file system reads one copy.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  path = os.fspath(dataset).rstrip("/")
+  if os.path.basename(path) != "l4f_shapes":
+    raise ValueError(f"--dataset={dataset}: the built-in data is prepared at <dir>/l4f_shapes")
+  if jax.process_index() == 0 and not os.path.exists(path):
+    prepare_shapes(os.path.dirname(path) or ".", size=size, num_examples=num_examples, seed=seed)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("l4f_shapes_ready")

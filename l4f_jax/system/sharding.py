@@ -53,8 +53,13 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Place a host tree on every device of the mesh (same values on every host)."""
-  return jax.device_put(tree, NamedSharding(mesh, REPLICATED))
+  """Place a tree on every device of the mesh (same values on every host).
+
+  Leaves go through host memory first: device arrays cannot be transferred across hosts, and on a
+  1-device mesh `device_put` could otherwise alias the caller's arrays, which a donating step would
+  then delete.
+  """
+  return jax.device_put(jax.device_get(tree), NamedSharding(mesh, REPLICATED))
 
 
 def shard_host_batch(local_batch: Any, mesh: Mesh) -> Any:

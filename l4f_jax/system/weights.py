@@ -100,7 +100,11 @@ def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -
       f.write("\n")
     host = jax.tree.map(np.asarray, dict(trees))
     with _quiet_orbax():
-      ckptr = ocp.StandardCheckpointer()
+      # This process alone writes (weights are host numpy trees): no barrier with other processes,
+      # so process 0 of a multi-host job can export while the others carry on or exit.
+      me = jax.process_index()
+      ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}))
       ckptr.save(os.path.join(tmp, STATE_DIR), host)
       ckptr.wait_until_finished()
       ckptr.close()
