@@ -6,8 +6,9 @@ r"""Samples a converted generator, optionally with G_bg and a Labels4Free alpha 
 
 Outputs in --out:
   images.png        grid of G(z) at psi = --truncation.
-  backgrounds.png   (--background) grid of G_bg(z) for the *same* z as images.png, cell for cell,
-                    with its own noise: the pairing of the training loop.
+  backgrounds.png   (--background) grid of G_bg: without --alpha for the *same* z as images.png,
+                    cell for cell, with its own noise (the training loop's pairing); with --alpha
+                    the independent z' below.
   with --alpha, the official test_sample.py outputs (labels4free.md §12), where the background
   comes from an *independent* z' (as official sampling does), both passes at psi:
     {i:06d}_original.png, _background.png (G_bg(z')), _alpha_mask.png (alpha * 255),
@@ -31,7 +32,7 @@ _N = flags.DEFINE_integer("n", 16, "Number of samples.")
 _TRUNCATION = flags.DEFINE_float("truncation", 0.7, "Truncation psi (1 = none).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (created if needed).")
-_BACKGROUND = flags.DEFINE_bool("background", False, "Also write backgrounds.png (G_bg, same z).")
+_BACKGROUND = flags.DEFINE_bool("background", False, "Also write backgrounds.png (G_bg).")
 _BACKGROUND_MODE = flags.DEFINE_enum("background_mode", "auto", ["auto", "conv1", "input"],
                                      "G_bg variant: auto = official (input at 512 px, else conv1).")
 _ALPHA = flags.DEFINE_string("alpha", None, "Weight directory with a trained alpha network.")
@@ -47,43 +48,6 @@ class SampleError(Exception):
   """Bad input; the message is one line naming the flag and the fix."""
 
 
-def make_sample_fn(generator, alpha_net, truncation: float, threshold: float, background: bool,
-                   background_mode: str):
-  """jit(fn(g_params, a_params, w_avg, keys [B, 2]) -> dict of NHWC outputs) for one batch."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-
-  from l4f_jax.models.alpha import select_features  # noqa: PLC0415
-  from l4f_jax.models.stylegan2 import make_noise  # noqa: PLC0415
-
-  size, style_dim = generator.size, generator.style_dim
-
-  def inputs(keys, stream):
-    def one(k):
-      kz, kn = jax.random.split(jax.random.fold_in(k, stream))
-      return jax.random.normal(kz, (style_dim,)), [x[0] for x in make_noise(kn, size, 1)]
-    return jax.vmap(one)(keys)
-
-  def fn(g_params, a_params, w_avg, keys):
-    def run(stream, back):
-      z, noise = inputs(keys, stream)
-      return generator.apply({"params": g_params}, z, truncation=truncation,
-                             truncation_latent=w_avg, noise=noise, background=back,
-                             background_mode=background_mode)
-    image, features = run(0, False)
-    out = {"image": image}
-    if background:
-      out["background_same_z"] = run(2, True)[0]
-    if alpha_net is not None:
-      bg = run(1, True)[0]
-      alpha = alpha_net.apply({"params": a_params}, select_features(features, size))
-      out.update(alpha=alpha, hard_mask=(alpha > threshold).astype(jnp.float32), background=bg,
-                 composite=image * alpha + (1 - alpha) * bg)
-    return out
-
-  return jax.jit(fn)
-
-
 def _rows(x, ncols: int) -> list:
   return [x[i:i + ncols] for i in range(0, len(x), ncols)]
 
@@ -96,6 +60,7 @@ def sample(generator_dir: str, out_dir: str, n: int = 16, truncation: float = 0.
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
+  from l4f_jax.method import inference  # noqa: PLC0415
   from l4f_jax.models.alpha import AlphaNetwork  # noqa: PLC0415
   from l4f_jax.models.stylegan2 import mean_latent  # noqa: PLC0415
   from l4f_jax.system import images, weights  # noqa: PLC0415
@@ -127,14 +92,12 @@ def sample(generator_dir: str, out_dir: str, n: int = 16, truncation: float = 0.
     w_avg = trees["latent_avg"]
   else:
     w_avg = jax.jit(lambda p, k: mean_latent(generator, p, k, N_MEAN_LATENT))(g_params, k_mean)
-  fn = make_sample_fn(generator, alpha_net, truncation, threshold, background, background_mode)
-  outs: dict[str, list] = {}
-  for start in range(0, n, batch):
-    idx = np.arange(start, start + batch)  # the last batch is padded, keeping one compiled shape
-    keys = jax.vmap(lambda i: jax.random.fold_in(k_samples, i))(idx)
-    for k, v in fn(g_params, a_params, w_avg, keys).items():
-      outs.setdefault(k, []).append(np.asarray(v)[:max(0, min(batch, n - start))])
-  outs = {k: np.concatenate(v)[:n] for k, v in outs.items()}
+  # Backgrounds: G_bg of the same z (its own noise) without --alpha; with --alpha, G_bg of an
+  # independent z' as the official test_sample.py.
+  outs = inference.sample_masks(g_params, a_params, w_avg, k_samples, n, batch, generator=generator,
+                                alpha_net=alpha_net, truncation=truncation, threshold=threshold,
+                                independent_bg=alpha_net is not None,
+                                background_mode=background_mode)
   os.makedirs(out_dir, exist_ok=True)
   written = []
 
@@ -146,14 +109,14 @@ def sample(generator_dir: str, out_dir: str, n: int = 16, truncation: float = 0.
 
   grid("images.png", [outs["image"]])
   if background:
-    grid("backgrounds.png", [outs["background_same_z"]])
+    grid("backgrounds.png", [outs["background"]])
   if alpha_net is not None:
     names = (("original", "image"), ("background", "background"), ("alpha_mask", "alpha"),
              ("hard_mask", "hard_mask"), ("composite", "composite"))
     for i in range(n):
       for suffix, k in names:
         path = os.path.join(out_dir, f"{i:06d}_{suffix}.png")
-        images.save_png(path, outs[k][i])
+        images.save_png(path, outs[k][i].astype(np.float32) if k == "hard_mask" else outs[k][i])
         written.append(path)
     grid("alpha_grid.png", [outs[k] for k in ("image", "alpha", "hard_mask", "background",
                                                "composite")])

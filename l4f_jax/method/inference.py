@@ -49,6 +49,8 @@ def sample_batch(g_params, alpha_params, w_avg, keys, *, generator: Generator,
   background, _ = generator.apply({"params": g_params}, z_bg, truncation=truncation,
                                   truncation_latent=w_avg, noise=noise_bg, background=True,
                                   background_mode=background_mode)
+  if alpha_net is None:  # generator only (experiments.sample without --alpha)
+    return {"image": image, "background": background}
   alpha = alpha_net.apply({"params": alpha_params}, select_features(feats, generator.size))
   return {"image": image, "background": background, "alpha": alpha,
           "hard_mask": alpha[..., 0] > threshold,
@@ -60,7 +62,8 @@ def sample_masks(g_params, alpha_params, w_avg, key, n: int, batch: int = 8, *,
                  threshold: float = 0.9, independent_bg: bool = True,
                  background_mode: str = "auto") -> dict:
   """n samples as numpy arrays: image, background, composite [n, S, S, 3] in [-1, 1] (unclamped),
-  alpha [n, S, S, 1] float32, hard_mask [n, S, S] bool.
+  alpha [n, S, S, 1] float32, hard_mask [n, S, S] bool (only image and background when
+  `alpha_net` is None).
 
   Runs `sample_batch` on batches of `batch` (the last one padded, so one shape compiles). Pass
   host-local parameters (numpy or single-device arrays): a process may then call this alone.
