@@ -39,7 +39,7 @@ CONVERT_CMD = "python -m experiments.convert --src=<stylegan2 .pt> --dst=<dir>"
 PREPARE_CMD = "python -m experiments.prepare_data --src=<image folder> --name=<name> --size=<px>"
 
 # Inputs and outputs.
-flags.DEFINE_string("generator", "workspace/weights/shapes64",
+flags.DEFINE_string("generator", "experiments/assets/shapes64",
                     f"Converted generator weight directory ({CONVERT_CMD}).")
 flags.DEFINE_integer("prepare_shapes", 0, "If > 0 and --dataset (…/l4f_shapes) is missing, build "
                      "the built-in l4f_shapes dataset with this many images at the generator's size.")
