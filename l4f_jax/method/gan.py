@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l4f_jax.models.stylegan2 import Discriminator, Generator, make_noise, num_latents
+from l4f_jax.models.stylegan2 import (Discriminator, Generator, discriminate_in_chunks, make_noise,
+                                      num_latents)
 from l4f_jax.method.losses import d_logistic_loss, r1_penalty
 
 
@@ -62,15 +63,6 @@ def init_gan_state(cfg: GANConfig, g_params, d_params) -> GANState:
                   mean_path_length=jnp.zeros((), jnp.float32))
 
 
-def chunked_d(D: Discriminator, d_params, x, chunks: int):
-  """D on `chunks` contiguous slices of the batch, each with its own minibatch-stddev groups."""
-  if chunks == 1:
-    return D.apply({"params": d_params}, x)
-  b = x.shape[0]
-  y = jax.vmap(lambda xc: D.apply({"params": d_params}, xc))(x.reshape((chunks, b // chunks) + x.shape[1:]))
-  return y.reshape(b, -1)
-
-
 def mixed_latents(G: Generator, g_params, key, batch: int, prob: float):
   """rosinality `mixing_noise` + G's crossover: with probability `prob` the batch's w+ switches from
   w(z1) to w(z2) at one index drawn from [1, n_latent - 1]; otherwise w(z1) everywhere."""
@@ -108,8 +100,8 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
   fake = jax.lax.stop_gradient(gen(state.g_params, mixed_latents(G, state.g_params, kd, b, cfg.mixing), kdn))
 
   def d_loss_fn(d_params):
-    real_pred = chunked_d(D, d_params, real, cfg.stddev_chunks)
-    fake_pred = chunked_d(D, d_params, fake, cfg.stddev_chunks)
+    real_pred = discriminate_in_chunks(D, d_params, real, chunks=cfg.stddev_chunks)
+    fake_pred = discriminate_in_chunks(D, d_params, fake, chunks=cfg.stddev_chunks)
     return d_logistic_loss(real_pred, fake_pred), (real_pred, fake_pred)
 
   (d_loss, (real_pred, fake_pred)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
@@ -121,7 +113,8 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
   # --- Lazy R1 (rosinality adds 0 * D(real)[0]; kept for parity of the graph only).
   if do_r1:
     def r1_loss_fn(d_params):
-      penalty = r1_penalty(lambda x: chunked_d(D, d_params, x, cfg.stddev_chunks), real)
+      penalty = r1_penalty(
+          lambda x: discriminate_in_chunks(D, d_params, x, chunks=cfg.stddev_chunks), real)
       return cfg.r1 / 2 * penalty * cfg.d_reg_every, penalty
 
     (_, penalty), grads = jax.value_and_grad(r1_loss_fn, has_aux=True)(d_params)
@@ -133,7 +126,7 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
   # --- G step.
   def g_loss_fn(g_params):
     latents = mixed_latents(G, g_params, kg, b, cfg.mixing)
-    pred = chunked_d(D, d_params, gen(g_params, latents, kgn), cfg.stddev_chunks)
+    pred = discriminate_in_chunks(D, d_params, gen(g_params, latents, kgn), chunks=cfg.stddev_chunks)
     return jnp.mean(jax.nn.softplus(-pred))
 
   g_loss, grads = jax.value_and_grad(g_loss_fn)(state.g_params)

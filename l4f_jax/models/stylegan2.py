@@ -252,3 +252,19 @@ class Discriminator(nn.Module):
     out = EqualLinear(ch[4], activation="fused_lrelu", dtype=self.dtype, name="final_linear_0")(out)
     out = EqualLinear(1, dtype=self.dtype, name="final_linear_1")(out)
     return out.astype(jnp.promote_types(out.dtype, jnp.float32))
+
+
+def discriminate_in_chunks(discriminator: Discriminator, d_params, *xs, chunks: int = 1):
+  """D logits [B, 1] per image batch in `xs`, D called separately per batch and per each of `chunks`
+  contiguous chunks of it (every call forms its own minibatch-stddev groups: one device emulating
+  `chunks` devices, and real and fake never sharing a group). The calls are vmapped into one batched
+  D, which computes exactly the separate calls. One array for one batch, else a tuple."""
+  fn = lambda c: discriminator.apply({"params": d_params}, c)
+  b = xs[0].shape[0]
+  if b % chunks:
+    raise ValueError(f"local batch {b} is not divisible by {chunks} stddev chunks")
+  if chunks == 1 and len(xs) == 1:
+    return fn(xs[0])
+  x = jnp.stack(xs).reshape((len(xs) * chunks, b // chunks) + xs[0].shape[1:])
+  out = jax.vmap(fn)(x).reshape((len(xs), b, 1))
+  return out[0] if len(xs) == 1 else tuple(out)
