@@ -1,0 +1,40 @@
+"""Smoke tests of experiments.benchmark (no timing assertions) and its analytic FLOP counts."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.tiny_world import ROOT, cli_env
+
+
+def test_generator_macs_match_published_constants():
+  """The conv-counted G MACs equal the published 256/1024 px config-f constants (stylegan2.md §10)."""
+  from experiments.benchmark import CONFIGS, discriminator_macs, generator_macs
+  assert generator_macs(CONFIGS["gpu256"]) == 45124673536
+  assert generator_macs(CONFIGS["gpu1024"]) == 74266894336
+  assert 46e9 < discriminator_macs(CONFIGS["gpu256"]) < 48e9  # ≈47 GMAC
+
+
+def test_iteration_tiny_runs_and_prints_ratio():
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--what=iteration", "--config=tiny",
+       "--repeats=1", "--torch_threads=1"],
+      cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = proc.stdout
+  assert "iteration: config tiny" in out and "emulated devices" in out, out
+  assert "it/s" in out and "official_iteration" in out, out
+  assert "FLOPs per iteration (amortised)" in out and "analytic" in out, out
+  assert "ratio jax/torch time:" in out, out
+
+
+@pytest.mark.parametrize("flag,message", [("--what=nope", "--what=nope is unknown"),
+                                          ("--config=nope", "--config=nope is unknown"),
+                                          ("--torch_threads=x", "--torch_threads")])
+def test_bad_flags_exit_with_one_line(flag, message):
+  proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", flag], cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr
