@@ -32,7 +32,8 @@ import optax
 
 from l4f_jax.method.losses import alpha_loss, alpha_stats, d_logistic_loss, r1_penalty
 from l4f_jax.models.alpha import AlphaNetwork, select_features
-from l4f_jax.models.stylegan2 import Discriminator, Generator, make_noise
+from l4f_jax.models.stylegan2 import (Discriminator, Generator, discriminate_in_chunks,
+                                      make_noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,16 +163,8 @@ def discriminate(d_params, *xs, models: Models, cfg: L4FConfig):
   chunks (each call forms its own minibatch-stddev groups). The calls are vmapped into one batched
   D, which computes exactly the separate calls (real and fake batches never share a group).
   """
-  d = _with_dtype(models.discriminator, cfg)
-  fn = lambda c: d.apply({"params": d_params}, c)
-  n, b = cfg.stddev_chunks, xs[0].shape[0]
-  if b % n:
-    raise ValueError(f"local batch {b} is not divisible by stddev_chunks={n}")
-  if n == 1 and len(xs) == 1:
-    return fn(xs[0])
-  x = jnp.stack(xs).reshape((len(xs) * n, b // n) + xs[0].shape[1:])
-  out = jax.vmap(fn)(x).reshape((len(xs), b) + (1,))
-  return out[0] if len(xs) == 1 else tuple(out)
+  return discriminate_in_chunks(_with_dtype(models.discriminator, cfg), d_params, *xs,
+                                chunks=cfg.stddev_chunks)
 
 
 def _axes(axis_name):
