@@ -13,11 +13,12 @@ it only for files you trust (training checkpoints need it for their argparse 'ar
 """
 from __future__ import annotations
 
-import os
 import sys
-from typing import Callable, Optional
 
 from absl import app, flags
+
+from l4f_jax.system.convert import convert_file
+from l4f_jax.system.weights import WeightsError
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pt) to convert.")
 _DST = flags.DEFINE_string("dst", None, "Output weight directory (must not exist).")
@@ -28,33 +29,7 @@ _SIZE = flags.DEFINE_integer("size", None, "Generator size, only for alpha-only 
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing weight directory at --dst.")
 
 
-def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float = 0.01,
-                 size: Optional[int] = None, overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> tuple[dict, dict]:
-  """Converts `src` into the weight directory `dst`; returns (config, trees). Logs via `log`."""
-  from l4f_jax.system import convert, weights  # noqa: PLC0415  (after flag parsing / JAX setup)
-
-  dst = os.path.abspath(dst)
-  if os.path.lexists(dst) and not overwrite:
-    raise weights.WeightsError(f"--dst {dst} already exists; choose a new --dst or pass "
-                               f"--overwrite")
-  ckpt = convert.load_torch_checkpoint(src, allow_pickle=allow_pickle)
-  config, trees, report = convert.convert_checkpoint(ckpt, lr_mlp=lr_mlp, size=size)
-  for line in report:
-    log(line)
-  config["source"] = os.path.basename(src)
-  weights.save_weights(dst, config, trees, overwrite=overwrite)
-  fields = ", ".join(f"{k}={config[k]}" for k in weights.MODEL_KEYS if config.get(k) is not None)
-  log(f"wrote {dst} ({fields})")
-  for name in weights.TREE_NAMES:
-    if name in trees:
-      log(f"  {name}: {weights.summarize_tree(trees[name])}")
-  return config, trees
-
-
 def main(argv):
-  from l4f_jax.system.weights import WeightsError  # noqa: PLC0415
-
   try:
     if len(argv) > 1:
       raise WeightsError(f"unexpected arguments {argv[1:]}; flags are written --name=value")

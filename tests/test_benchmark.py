@@ -10,7 +10,7 @@ from tests.tiny_world import ROOT, cli_env
 
 def test_generator_macs_match_published_constants():
   """The conv-counted G MACs equal the published 256/1024 px config-f constants (stylegan2.md §10)."""
-  from experiments.benchmark import CONFIGS, discriminator_macs, generator_macs
+  from l4f_jax.system.flops import CONFIGS, discriminator_macs, generator_macs
   assert generator_macs(CONFIGS["gpu256"]) == 45124673536
   assert generator_macs(CONFIGS["gpu1024"]) == 74266894336
   assert 46e9 < discriminator_macs(CONFIGS["gpu256"]) < 48e9  # ≈47 GMAC

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.convert import convert_file
+from l4f_jax.system.convert import convert_file
 from l4f_jax.models.alpha import AlphaNetwork, alpha_levels
 from l4f_jax.system import convert as conv
 from l4f_jax.system.weights import (WeightsError, generator_from_config, load_weights,
@@ -364,7 +364,7 @@ def test_cli_reports_what_it_found_and_fails_in_one_line(tmp_path, tiny_g):
 def test_sample_writes_official_outputs(tmp_path, tiny_g):
   from PIL import Image
 
-  from experiments.sample import SampleError, sample
+  from l4f_jax.system.sampling import SampleError, sample
 
   repro, _ = _alpha_nets(32, tiny_g.channels, seed=3)
   src = str(tmp_path / "l4f.pt")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.convert import convert_file
+from l4f_jax.system.convert import convert_file
 from l4f_jax.models.stylegan2 import make_noise, noise_shapes, num_latents, num_layers
 from l4f_jax.system.weights import (discriminator_from_config, generator_from_config,
                                     generator_params, load_weights)

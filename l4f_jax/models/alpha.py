@@ -21,7 +21,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from l4f_jax.ops.resize import resize_bicubic_align_corners
 

@@ -8,12 +8,11 @@ params['conv']['modulation']['weight'].
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from l4f_jax.ops.upfirdn2d import make_kernel, upfirdn2d

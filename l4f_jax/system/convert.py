@@ -20,6 +20,7 @@ import numpy as np
 
 from l4f_jax.models.alpha import alpha_levels, merge_names
 from l4f_jax.models.stylegan2 import channel_table, noise_shapes, num_layers
+from l4f_jax.system import weights
 from l4f_jax.system.weights import WeightsError
 
 ALLOW_PICKLE_HINT = "rerun with --allow_pickle (only for files you trust: it can execute code)"
@@ -480,3 +481,25 @@ def _state_dict(ckpt: dict, key: str) -> dict:
   if not isinstance(sd, dict):
     raise ConvertError(f"'{key}' is a {type(sd).__name__}, not a state_dict")
   return sd
+
+
+def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float = 0.01,
+                 size: Optional[int] = None, overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> tuple[dict, dict]:
+  """Converts `src` into the weight directory `dst`; returns (config, trees). Logs via `log`."""
+  dst = os.path.abspath(dst)
+  if os.path.lexists(dst) and not overwrite:
+    raise weights.WeightsError(f"--dst {dst} already exists; choose a new --dst or pass "
+                               f"--overwrite")
+  ckpt = load_torch_checkpoint(src, allow_pickle=allow_pickle)
+  config, trees, report = convert_checkpoint(ckpt, lr_mlp=lr_mlp, size=size)
+  for line in report:
+    log(line)
+  config["source"] = os.path.basename(src)
+  weights.save_weights(dst, config, trees, overwrite=overwrite)
+  fields = ", ".join(f"{k}={config[k]}" for k in weights.MODEL_KEYS if config.get(k) is not None)
+  log(f"wrote {dst} ({fields})")
+  for name in weights.TREE_NAMES:
+    if name in trees:
+      log(f"  {name}: {weights.summarize_tree(trees[name])}")
+  return config, trees
