@@ -29,18 +29,23 @@ def tiny_config(size: int = 16) -> dict:
               channel_max=16, lr_mlp=0.01, source="tests.tiny_world", kind="stylegan2")
 
 
+def random_generator_params(g, key):
+  """G params with every leaf perturbed: a fresh G has zero noise weights and biases, so G_bg
+  (4x4 activation zeroed) would be exactly 0."""
+  g_params = g.init(key, jnp.zeros((1, g.style_dim)), noise_key=key)["params"]
+  leaves, tree = jax.tree.flatten(g_params)
+  keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
+                                   for x, k in zip(leaves, keys)])
+
+
 def make_generator_dir(path: str, size: int = 16, seed: int = 0) -> str:
   """Random G (+ D) in the converted-weight format; returns `path`."""
   config = tiny_config(size)
   g = generator_from_config(config)
   d = discriminator_from_config(config)
   kg, kd = jax.random.split(jax.random.key(seed))
-  g_params = g.init(kg, jnp.zeros((1, g.style_dim)), noise_key=kg)["params"]
-  # A fresh G has zero noise weights and biases (G_bg would be constant): perturb every leaf.
-  leaves, tree = jax.tree.flatten(g_params)
-  keys = jax.random.split(jax.random.fold_in(kg, 1), len(leaves))
-  g_params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
-                                       for x, k in zip(leaves, keys)])
+  g_params = random_generator_params(g, kg)
   d_params = d.init(kd, jnp.zeros((2, size, size, 3)))["params"]
   save_weights(path, config, {"g_ema": g_params, "d": d_params,
                               "latent_avg": jnp.zeros((1, g.style_dim))})
