@@ -26,15 +26,11 @@ import collections
 import json
 import math
 import os
-import pickle
-import subprocess
 import sys
-import tempfile
 
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT_CMD = "python -m experiments.convert --src=<stylegan2 .pt> --dst=<dir>"
 PREPARE_CMD = "python -m experiments.prepare_data --src=<image folder> --name=<name> --size=<px>"
 
@@ -121,30 +117,18 @@ def _dataset_name(path: str) -> str:
 
 
 def export_alpha(dst: str, config: dict, alpha_params) -> None:
-  """Writes A in the converted-weight format (process 0; every process must call this)."""
+  """Writes A in the converted-weight format from process 0 (every process must call this: the
+  others wait at a barrier, so no process reads or exits before the export is in place)."""
   import jax
   import numpy as np
 
   from l4f_jax.system import weights
-  host = jax.tree.map(np.asarray, alpha_params)
-  if jax.process_count() == 1:
-    weights.save_weights(dst, config, {"alpha": host}, overwrite=True)
-    return
-  if jax.process_index() == 0:
-    # Orbax saves synchronise every process of a distributed job, so a process-0-only
-    # save_weights would wait forever: write from a fresh single-process interpreter instead.
-    with tempfile.TemporaryDirectory() as tmp:
-      blob = os.path.join(tmp, "alpha.pkl")
-      with open(blob, "wb") as f:
-        pickle.dump((dst, config, host), f)
-      code = ("import pickle, sys; from l4f_jax.system import weights; "
-              "d, c, p = pickle.load(open(sys.argv[1], 'rb')); "
-              "weights.save_weights(d, c, {'alpha': p}, overwrite=True)")
-      env = dict(os.environ, JAX_PLATFORMS="cpu",
-                 PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-      subprocess.run([sys.executable, "-c", code, blob], check=True, env=env)
-  from jax.experimental import multihost_utils
-  multihost_utils.sync_global_devices("l4f_export_alpha")
+  if jax.process_index() == 0:  # save_weights writes from the calling process alone
+    weights.save_weights(dst, config, {"alpha": jax.tree.map(np.asarray, alpha_params)},
+                         overwrite=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("l4f_export_alpha")
 
 
 def _grid_columns(out: dict) -> dict:
