@@ -64,14 +64,8 @@ def main(argv):
   n_dev = mesh.devices.size
   if FLAGS.batch % n_dev:
     raise app.UsageError(f"--batch={FLAGS.batch} must be divisible by the {n_dev} devices")
-  if FLAGS.prepare_shapes:
-    from l4f_jax.datasets.shapes import ensure_shapes
-    try:
-      ensure_shapes(FLAGS.dataset, FLAGS.shapes_size, FLAGS.prepare_shapes, seed=0)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
   try:
-    source, size = data_lib.open_dataset(FLAGS.dataset)
+    source, size = data_lib.prepare_and_open(FLAGS.dataset, FLAGS.prepare_shapes, FLAGS.shapes_size)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   loader = data_lib.Loader(source, FLAGS.batch, seed=FLAGS.seed, process_index=jax.process_index(),

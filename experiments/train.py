@@ -219,14 +219,8 @@ def train(argv):
   models = step_lib.Models(generator=generator, alpha=AlphaNetwork(size), discriminator=disc)
 
   # ---------------------------------------------------------------- Data (this host's share).
-  if FLAGS.prepare_shapes:
-    from l4f_jax.datasets.shapes import ensure_shapes
-    try:
-      ensure_shapes(FLAGS.dataset, size, FLAGS.prepare_shapes, seed=0)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
   try:
-    source, data_size = data_lib.open_dataset(FLAGS.dataset)
+    source, data_size = data_lib.prepare_and_open(FLAGS.dataset, FLAGS.prepare_shapes, size)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   if data_size != size:

@@ -54,6 +54,15 @@ def open_dataset(path, split: str = "train"):
   return builder.as_data_source(split=split), int(shape[0])
 
 
+def prepare_and_open(path, prepare_shapes: int = 0, shapes_size: int = 64):
+  """`open_dataset`, after building l4f_shapes (`prepare_shapes` images at `shapes_size` px) under
+  `path` when `prepare_shapes` > 0 and it is not there yet (the CLIs' --prepare_shapes)."""
+  if prepare_shapes:
+    from l4f_jax.datasets.shapes import ensure_shapes  # pylint: disable=import-outside-toplevel
+    ensure_shapes(path, shapes_size, prepare_shapes, seed=0)
+  return open_dataset(path)
+
+
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, _PERM_TAG, epoch]).permutation(num_examples)
 
