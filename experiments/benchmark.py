@@ -11,12 +11,12 @@ calls after one warm-up call each; the JAX compile time is measured on its own (
 
 `generator`: G forward img/s (mapping + synthesis, random z, fresh noise):
   JAX   jit, non-fused modulated conv (the training formulation); block_until_ready per call.
-  torch tests/reference/torch_stylegan2.py under no_grad, fused (batch-grouped) modulated conv as
+  torch l4f_jax/reference/torch_stylegan2.py under no_grad, fused (batch-grouped) modulated conv as
         the official code.
 `iteration`: the full Labels4Free iteration (D step, lazy R1, A step), it/s:
   JAX   step.train_step with latents and noise drawn inside the program, the state donated, no host
         sync but the final block_until_ready; `devices` emulated as minibatch-stddev chunks.
-  torch tests/reference/torch_labels4free.official_iteration (official loop: fused modulated conv,
+  torch l4f_jax/reference/torch_labels4free.official_iteration (official loop: fused modulated conv,
         D per emulated device, separate real/fake D calls), latents and noise drawn by torch.randn.
   The plain and the R1 iteration are timed separately; it/s is amortised over d_reg_every:
   t = ((k - 1) t_plain + t_r1) / k. FLOPs per iteration: XLA's cost analysis of the compiled JAX
@@ -192,7 +192,7 @@ def _flops(compiled) -> Optional[float]:
 
 def _torch_generator(c: Config):
   import torch  # noqa: PLC0415
-  from tests.reference.torch_stylegan2 import Generator as TorchGenerator  # noqa: PLC0415
+  from l4f_jax.reference.torch_stylegan2 import Generator as TorchGenerator  # noqa: PLC0415
   torch.manual_seed(0)
   return TorchGenerator(c.size, c.style_dim, c.n_mlp, **c.arch())
 
@@ -261,8 +261,8 @@ def _build_iteration(c: Config, args: Args):
   from l4f_jax.models.stylegan2 import Discriminator, Generator  # noqa: PLC0415
   from l4f_jax.system.convert import (convert_alpha, convert_discriminator,  # noqa: PLC0415
                                       convert_generator)
-  from tests.reference import torch_labels4free as tl  # noqa: PLC0415
-  from tests.reference.torch_stylegan2 import Discriminator as TorchDiscriminator  # noqa: PLC0415
+  from l4f_jax.reference import torch_labels4free as tl  # noqa: PLC0415
+  from l4f_jax.reference.torch_stylegan2 import Discriminator as TorchDiscriminator  # noqa: PLC0415
 
   tg = _torch_generator(c)
   td = TorchDiscriminator(c.size, **c.arch())
@@ -303,7 +303,7 @@ def bench_iteration(args: Args) -> list[Result]:
   import torch  # noqa: PLC0415
 
   from l4f_jax.method import step as S  # noqa: PLC0415
-  from tests.reference import torch_labels4free as tl  # noqa: PLC0415
+  from l4f_jax.reference import torch_labels4free as tl  # noqa: PLC0415
 
   c = args.model_config()
   if c.batch % c.devices or (c.batch // c.devices) % min(c.batch // c.devices, 4):

@@ -18,7 +18,7 @@ Outputs in --workdir (re-running the same command resumes from the latest checkp
   alpha/                    the final A in the converted-weight format (for sample / evaluate)
   eval.json, eval_errors.png    with --eval_samples on the built-in l4f_shapes data: hard-mask
                             metrics against the colour oracle of the generated images
-PRNG: see l4f_jax/method/training.py (everything derives from --seed and the iteration index).
+PRNG: see l4f_jax/system/training.py (everything derives from --seed and the iteration index).
 """
 from __future__ import annotations
 
@@ -169,7 +169,8 @@ def train(argv):
   _check_flags()
   import jax
 
-  from l4f_jax.method import inference, training
+  from l4f_jax.method import inference
+  from l4f_jax.system import training
   from l4f_jax.method import step as step_lib
   from l4f_jax.models.alpha import AlphaNetwork
   from l4f_jax.models.stylegan2 import mean_latent

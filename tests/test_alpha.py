@@ -9,8 +9,8 @@ import torch
 from l4f_jax.models.alpha import AlphaNetwork, alpha_levels, feature_indices, select_features
 from l4f_jax.models.stylegan2 import Generator, channel_table
 from l4f_jax.system import convert
-from tests.reference import torch_labels4free as tl
-from tests.reference import torch_stylegan2 as ts
+from l4f_jax.reference import torch_labels4free as tl
+from l4f_jax.reference import torch_stylegan2 as ts
 
 ATOL = 1e-5
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from l4f_jax.method import step as step_lib
-from l4f_jax.method import training
+from l4f_jax.system import training
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.models.stylegan2 import mean_latent
 from l4f_jax.system.weights import discriminator_from_config, generator_from_config

@@ -15,8 +15,8 @@ from l4f_jax.models.alpha import AlphaNetwork, alpha_levels
 from l4f_jax.system import convert as conv
 from l4f_jax.system.weights import (WeightsError, generator_from_config, load_weights,
                                     save_weights)
-from tests.reference import torch_labels4free as ref_l4f
-from tests.reference import torch_stylegan2 as ref
+from l4f_jax.reference import torch_labels4free as ref_l4f
+from l4f_jax.reference import torch_stylegan2 as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(channel_base=512, channel_max=16, style_dim=16, n_mlp=2)  # 32 px, 16 -> 16 channels

@@ -3,7 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l4f_jax.method import inference, training
+from l4f_jax.method import inference
+from l4f_jax.system import training
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.models.stylegan2 import mean_latent
 from l4f_jax.system.weights import generator_from_config

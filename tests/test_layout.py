@@ -24,3 +24,27 @@ def test_tests_do_not_import_cli_modules_in_process():
   offenders = {p.name: m for p in sorted(TESTS.rglob("*.py"))
                for m in _imported_modules(p) if m == "experiments" or m.startswith("experiments.")}
   assert not offenders, f"import these from l4f_jax instead (or run the CLI): {offenders}"
+
+
+def test_shipped_code_never_imports_tests():
+  root = TESTS.parent
+  offenders = {str(p.relative_to(root)): m
+               for d in ("l4f_jax", "experiments") for p in sorted((root / d).rglob("*.py"))
+               for m in _imported_modules(p) if m == "tests" or m.startswith("tests.")}
+  assert not offenders, f"shipped code imports the test tree: {offenders}"
+
+
+def test_reference_modules_are_used_only_by_tests_and_the_benchmark():
+  """torch stays optional: only l4f_jax/reference, the converter and the benchmark may import it."""
+  root = TESTS.parent
+  allowed = {"l4f_jax/system/convert.py", "experiments/benchmark.py"}
+  offenders = {}
+  for p in sorted((root / "l4f_jax").rglob("*.py")) + sorted((root / "experiments").rglob("*.py")):
+    rel = str(p.relative_to(root))
+    if rel.startswith("l4f_jax/reference/") or rel in allowed:
+      continue
+    bad = [m for m in _imported_modules(p) if m.split(".")[0] == "torch"
+           or m.startswith("l4f_jax.reference")]
+    if bad:
+      offenders[rel] = bad
+  assert not offenders, f"torch / reference imports outside the allowed modules: {offenders}"

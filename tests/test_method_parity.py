@@ -1,6 +1,6 @@
 """Parity of the Labels4Free iteration (l4f_jax.method.step) with the torch reference.
 
-The torch reference (`tests/reference/torch_labels4free.official_iteration`) and `train_step` are fed
+The torch reference (`l4f_jax/reference/torch_labels4free.official_iteration`) and `train_step` are fed
 identical weights (torch modules, perturbed, converted), latents, noise maps and real images. The
 multi-iteration comparisons run in float64 on both sides (labels4free.md §16: float32 Adam with
 beta1 = 0 amplifies rounding), in a subprocess with JAX_ENABLE_X64=1 so that x64 never leaks into
@@ -57,8 +57,8 @@ def _build(case, dtype):
   from l4f_jax.method.step import Models
   from l4f_jax.models.alpha import AlphaNetwork
   from l4f_jax.models.stylegan2 import Discriminator, Generator
-  from tests.reference import torch_labels4free as tl
-  from tests.reference import torch_stylegan2 as ts
+  from l4f_jax.reference import torch_labels4free as tl
+  from l4f_jax.reference import torch_stylegan2 as ts
 
   tdtype = torch.float64 if dtype == "float64" else torch.float32
   arch = dict(channel_multiplier=case["channel_multiplier"], channel_base=case["channel_base"],
@@ -103,7 +103,7 @@ def run_case(case):
   import jax.numpy as jnp
   import torch
   from l4f_jax.method import step as S
-  from tests.reference import torch_labels4free as tl
+  from l4f_jax.reference import torch_labels4free as tl
 
   dtype = "float64"
   assert jax.config.jax_enable_x64, "run_case needs JAX_ENABLE_X64=1"
@@ -248,7 +248,7 @@ def test_alpha_forward_matches_reference_float32():
   import jax.numpy as jnp
   import torch
   from l4f_jax.method import step as S
-  from tests.reference import torch_labels4free as tl
+  from l4f_jax.reference import torch_labels4free as tl
 
   case = dict(SMALL, batch=2)
   m = _build(case, "float32")

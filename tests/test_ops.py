@@ -13,8 +13,8 @@ from torch.nn import functional as F
 from l4f_jax.ops.layers import modulated_conv
 from l4f_jax.ops.resize import bicubic_matrix, resize_bicubic_align_corners
 from l4f_jax.ops.upfirdn2d import make_kernel, upfirdn2d
-from tests.reference import torch_stylegan2 as ref
-from tests.reference.numpy_upfirdn2d import upfirdn2d_np
+from l4f_jax.reference import torch_stylegan2 as ref
+from l4f_jax.reference.numpy_upfirdn2d import upfirdn2d_np
 
 K4 = make_kernel([1, 3, 3, 1])
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Self-checks of the independent torch/NumPy references in tests/reference (fast, CPU)."""
+"""Self-checks of the independent torch/NumPy references in l4f_jax/reference (fast, CPU)."""
 import math
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tests.reference import torch_labels4free as l4f
-from tests.reference import torch_stylegan2 as sg
-from tests.reference.numpy_upfirdn2d import upfirdn2d_np
+from l4f_jax.reference import torch_labels4free as l4f
+from l4f_jax.reference import torch_stylegan2 as sg
+from l4f_jax.reference.numpy_upfirdn2d import upfirdn2d_np
 
 
 def _nparams(m):

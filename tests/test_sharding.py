@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 from l4f_jax.method import step as step_lib
-from l4f_jax.method import training
+from l4f_jax.system import training
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.models.stylegan2 import mean_latent
 from l4f_jax.system import sharding

@@ -16,7 +16,7 @@ from l4f_jax.system.convert import convert_file
 from l4f_jax.models.stylegan2 import make_noise, noise_shapes, num_latents, num_layers
 from l4f_jax.system.weights import (discriminator_from_config, generator_from_config,
                                     generator_params, load_weights)
-from tests.reference import torch_stylegan2 as ref
+from l4f_jax.reference import torch_stylegan2 as ref
 
 TOL = 1e-4
 

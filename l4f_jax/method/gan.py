@@ -22,6 +22,7 @@ import optax
 from l4f_jax.models.stylegan2 import (Discriminator, Generator, discriminate_in_chunks, make_noise,
                                       num_latents)
 from l4f_jax.method.losses import d_logistic_loss, r1_penalty
+from l4f_jax.method.optim import apply_update, device_mean, lazy_adam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,8 @@ class GANState(flax.struct.PyTreeNode):
 
 
 def make_gan_optimizers(cfg: GANConfig):
-  cg = cfg.g_reg_every / (cfg.g_reg_every + 1)
-  cd = cfg.d_reg_every / (cfg.d_reg_every + 1)
-  return (optax.adam(cfg.lr * cg, b1=0.0, b2=0.99 ** cg, eps=1e-8),
-          optax.adam(cfg.lr * cd, b1=0.0, b2=0.99 ** cd, eps=1e-8))
+  """(tx_g, tx_d): rosinality's lazy-regularisation Adam (b1 = 0, c = k / (k + 1))."""
+  return lazy_adam(cfg.lr, cfg.g_reg_every), lazy_adam(cfg.lr, cfg.d_reg_every)
 
 
 def init_gan_state(cfg: GANConfig, g_params, d_params) -> GANState:
@@ -77,14 +76,11 @@ def mixed_latents(G: Generator, g_params, key, batch: int, prob: float):
   return jnp.where(idx < inject, w1[:, None], w2[:, None])
 
 
-def _pmean(tree, axis_name):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
 def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator, cfg: GANConfig,
                    do_r1: bool, do_pl: bool, axis_name: Optional[str] = None):
   """One rosinality iteration on the local batch. Returns (state, metrics)."""
   tx_g, tx_d = make_gan_optimizers(cfg)
+  mean = device_mean(axis_name)
   b = real.shape[0]
   if axis_name is not None:
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -105,9 +101,7 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
     return d_logistic_loss(real_pred, fake_pred), (real_pred, fake_pred)
 
   (d_loss, (real_pred, fake_pred)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
-  grads = _pmean(grads, axis_name)
-  upd, d_opt = tx_d.update(grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, upd)
+  d_params, d_opt = apply_update(tx_d, state.d_params, grads, state.d_opt_state, mean)
   metrics.update(d_loss=d_loss, real_score=jnp.mean(real_pred), fake_score=jnp.mean(fake_pred))
 
   # --- Lazy R1 (rosinality adds 0 * D(real)[0]; kept for parity of the graph only).
@@ -118,9 +112,7 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
       return cfg.r1 / 2 * penalty * cfg.d_reg_every, penalty
 
     (_, penalty), grads = jax.value_and_grad(r1_loss_fn, has_aux=True)(d_params)
-    grads = _pmean(grads, axis_name)
-    upd, d_opt = tx_d.update(grads, d_opt, d_params)
-    d_params = optax.apply_updates(d_params, upd)
+    d_params, d_opt = apply_update(tx_d, d_params, grads, d_opt, mean)
     metrics["r1"] = penalty
 
   # --- G step.
@@ -130,9 +122,7 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
     return jnp.mean(jax.nn.softplus(-pred))
 
   g_loss, grads = jax.value_and_grad(g_loss_fn)(state.g_params)
-  grads = _pmean(grads, axis_name)
-  upd, g_opt = tx_g.update(grads, state.g_opt_state, state.g_params)
-  g_params = optax.apply_updates(state.g_params, upd)
+  g_params, g_opt = apply_update(tx_g, state.g_params, grads, state.g_opt_state, mean)
   metrics["g_loss"] = g_loss
 
   # --- Optional path-length regularisation.
@@ -146,14 +136,12 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
       img, vjp = jax.vjp(lambda lat: gen(g_params, lat, kpn), latents)
       (grad,) = vjp(img_noise)
       lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grad), axis=2), axis=1))
-      pl_mean = mean_path_length + cfg.pl_decay * (_pmean(jnp.mean(lengths), axis_name) - mean_path_length)
+      pl_mean = mean_path_length + cfg.pl_decay * (mean(jnp.mean(lengths)) - mean_path_length)
       penalty = jnp.mean(jnp.square(lengths - jax.lax.stop_gradient(pl_mean)))
       return cfg.pl_weight * cfg.g_reg_every * penalty + 0 * img[0, 0, 0, 0], (penalty, pl_mean)
 
     (_, (penalty, pl_mean)), grads = jax.value_and_grad(pl_loss_fn, has_aux=True)(g_params)
-    grads = _pmean(grads, axis_name)
-    upd, g_opt = tx_g.update(grads, g_opt, g_params)
-    g_params = optax.apply_updates(g_params, upd)
+    g_params, g_opt = apply_update(tx_g, g_params, grads, g_opt, mean)
     mean_path_length = jax.lax.stop_gradient(pl_mean)
     metrics["path_penalty"] = penalty
 
@@ -162,4 +150,4 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
   g_ema = optax.incremental_update(g_params, state.g_ema, 1.0 - accum)
   state = state.replace(step=state.step + 1, g_params=g_params, g_ema=g_ema, d_params=d_params,
                         g_opt_state=g_opt, d_opt_state=d_opt, mean_path_length=mean_path_length)
-  return state, _pmean(metrics, axis_name)
+  return state, mean(metrics)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l4f_jax.method.optim import apply_update, device_mean, lazy_adam, varying
 from l4f_jax.method.losses import alpha_loss, alpha_stats, d_logistic_loss, r1_penalty
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import (Discriminator, Generator, discriminate_in_chunks,
@@ -100,10 +101,7 @@ def make_optimizers(cfg: L4FConfig):
   A: k = g_reg_every (4; A has no regulariser but the official code scales it anyway); D:
   k = d_reg_every. lr * c, b2 = 0.99 ** c, eps = 1e-8.
   """
-  def adam(k):
-    c = k / (k + 1)
-    return optax.adam(cfg.lr * c, b1=0.0, b2=0.99 ** c, eps=1e-8)
-  return adam(cfg.g_reg_every), adam(cfg.d_reg_every)
+  return lazy_adam(cfg.lr, cfg.g_reg_every), lazy_adam(cfg.lr, cfg.d_reg_every)
 
 
 def init_state(cfg: L4FConfig, models: Models, alpha_params, d_params) -> TrainState:
@@ -167,24 +165,6 @@ def discriminate(d_params, *xs, models: Models, cfg: L4FConfig):
                                 chunks=cfg.stddev_chunks)
 
 
-def _axes(axis_name):
-  return () if axis_name is None else (
-      tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,))
-
-
-def _varying(tree, axis_name):
-  """Marks replicated parameters device-varying, so that under shard_map(check_vma=True) `jax.grad`
-  gives each device its local gradient (rather than an implicit psum); `pmean` then averages."""
-  axes = _axes(axis_name)
-  if not axes:
-    return tree
-
-  def cast(x):
-    missing = tuple(a for a in axes if a not in getattr(jax.typeof(x), "vma", frozenset()))
-    return jax.lax.pcast(x, missing, to="varying") if missing else x
-  return jax.tree.map(cast, tree)
-
-
 def train_step(state: TrainState, g_params, w_avg, real, inputs: Inputs, *, models: Models,
                cfg: L4FConfig, do_r1: bool, axis_name=None):
   """One official iteration on the local batch. Returns (new state, metrics of scalars).
@@ -195,8 +175,7 @@ def train_step(state: TrainState, g_params, w_avg, real, inputs: Inputs, *, mode
   alpha_mean, alpha_frac_fg, alpha_frac_mid (A-step alpha).
   """
   tx_a, tx_d = make_optimizers(cfg)
-  axes = _axes(axis_name)
-  mean = (lambda t: jax.lax.pmean(t, axes)) if axes else (lambda t: t)
+  mean = device_mean(axis_name)
   disc = lambda p, *x: discriminate(p, *x, models=models, cfg=cfg)
   metrics = {}
 
@@ -217,9 +196,8 @@ def train_step(state: TrainState, g_params, w_avg, real, inputs: Inputs, *, mode
     return d_logistic_loss(real_pred, fake_pred), (real_pred, fake_pred)
 
   (d_loss, (real_pred, fake_pred)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-      _varying(state.d_params, axis_name))
-  updates, d_opt_state = tx_d.update(mean(grads), state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, updates)
+      varying(state.d_params, axis_name))
+  d_params, d_opt_state = apply_update(tx_d, state.d_params, grads, state.d_opt_state, mean)
   metrics.update(d_loss=d_loss, real_score=jnp.mean(real_pred), fake_score=jnp.mean(fake_pred))
 
   # 2. Lazy R1 (+ the official quirk term), a second D update with the same Adam state.
@@ -231,9 +209,8 @@ def train_step(state: TrainState, g_params, w_avg, real, inputs: Inputs, *, mode
       return loss, (penalty, quirk)
 
     (r1_loss, (penalty, quirk)), grads = jax.value_and_grad(r1_loss_fn, has_aux=True)(
-        _varying(d_params, axis_name))
-    updates, d_opt_state = tx_d.update(mean(grads), d_opt_state, d_params)
-    d_params = optax.apply_updates(d_params, updates)
+        varying(d_params, axis_name))
+    d_params, d_opt_state = apply_update(tx_d, d_params, grads, d_opt_state, mean)
     metrics.update(r1=penalty, r1_quirk=quirk, r1_loss=r1_loss)
 
   # 3. A step through the updated, frozen D.
@@ -250,9 +227,9 @@ def train_step(state: TrainState, g_params, w_avg, real, inputs: Inputs, *, mode
     return total, (terms, alpha, pred)
 
   (a_loss, (terms, alpha, a_pred)), grads = jax.value_and_grad(a_loss_fn, has_aux=True)(
-      _varying(state.alpha_params, axis_name))
-  updates, alpha_opt_state = tx_a.update(mean(grads), state.alpha_opt_state, state.alpha_params)
-  alpha_params = optax.apply_updates(state.alpha_params, updates)
+      varying(state.alpha_params, axis_name))
+  alpha_params, alpha_opt_state = apply_update(tx_a, state.alpha_params, grads,
+                                               state.alpha_opt_state, mean)
   metrics.update(a_loss=a_loss, a_fake_score=jnp.mean(a_pred),
                  **{f"a_{k}": v for k, v in terms.items()}, **alpha_stats(alpha))
 
