@@ -63,7 +63,8 @@ def test_outputs(uninterrupted, world):
   w = uninterrupted
   with open(os.path.join(w, "flags.json")) as f:
     stored = json.load(f)
-  assert stored["flags"]["iter"] == LAST and stored["flags"]["batch"] == 2
+  assert stored["config"]["iter"] == LAST and stored["config"]["batch"] == 2
+  assert stored["program"] == "labels4free" and stored["config"]["method"]["truncation"] == 0.7
   assert stored["run"]["global_batch"] == 8 and stored["run"]["devices"] == 4
   assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["40", "41"]  # --keep=2
   rows = _metrics(w)

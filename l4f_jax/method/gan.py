@@ -22,21 +22,23 @@ import optax
 from l4f_jax.models.stylegan2 import (Discriminator, Generator, discriminate_in_chunks, make_noise,
                                       num_latents)
 from l4f_jax.method.losses import d_logistic_loss, r1_penalty
+from l4f_jax.config import option
 from l4f_jax.method.optim import apply_update, device_mean, lazy_adam
 
 
 @dataclasses.dataclass(frozen=True)
 class GANConfig:
-  lr: float = 0.002
-  r1: float = 10.0
-  d_reg_every: int = 16
-  g_reg_every: int = 4
-  mixing: float = 0.9
-  ema_kimg: float = 10.0
-  pl_weight: float = 0.0          # rosinality default 2; 0 turns path-length regularisation off
-  pl_batch_shrink: int = 2
-  pl_decay: float = 0.01
-  stddev_chunks: int = 1
+  lr: float = option(0.002, "Base learning rate.", gt=0)
+  r1: float = option(10.0, "R1 weight gamma.", ge=0)
+  d_reg_every: int = option(16, "Lazy R1 interval.", ge=1)
+  g_reg_every: int = option(4, "Lazy path-length interval (and Adam scaling).", ge=1)
+  mixing: float = option(0.9, "Style-mixing probability.", ge=0, le=1)
+  ema_kimg: float = option(10.0, "EMA half-life of G in thousands of images.", gt=0)
+  pl_weight: float = option(0.0, "Path-length regularisation weight (rosinality: 2; 0 = off).",
+                            ge=0)
+  pl_batch_shrink: int = option(2, "Path-length batch = batch // this.", ge=1)
+  pl_decay: float = option(0.01, "Decay of the mean path length.", gt=0, le=1)
+  stddev_chunks: int = option(1, "Emulated devices per device.", flag=None, ge=1)
 
 
 class GANState(flax.struct.PyTreeNode):

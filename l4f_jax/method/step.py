@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l4f_jax.config import option
 from l4f_jax.method.optim import apply_update, device_mean, lazy_adam, varying
 from l4f_jax.method.losses import alpha_loss, alpha_stats, d_logistic_loss, r1_penalty
 from l4f_jax.models.alpha import AlphaNetwork, select_features
@@ -49,21 +50,25 @@ class L4FConfig:
     runs the G and D convolutions in bfloat16 (A, losses and optimizer stay in the inputs' dtype).
   alpha_ema_decay: decay of the (unused) official EMA of A, 0.5 ** (32 / 10000).
   """
-  lr: float = 2e-4
-  r1: float = 10.0
-  d_reg_every: int = 16
-  g_reg_every: int = 4
-  r1_quirk_weight: float = 1.0
-  sat_weight: float = 1.0
-  loss_multiplier: float = 1.2
-  fg_coverage_value: float = 0.25
-  bg_coverage_wt: float = 0.0
-  bg_coverage_value: float = 0.75
-  truncation: float = 1.0
-  background_mode: str = "auto"
-  alpha_ema_decay: float = 0.5 ** (32 / 10000)
-  stddev_chunks: int = 1
-  compute_dtype: Optional[str] = None
+  lr: float = option(2e-4, "Base learning rate (A: lr*4/5, D: lr*16/17).", gt=0)
+  r1: float = option(10.0, "R1 weight gamma.", ge=0)
+  d_reg_every: int = option(16, "Lazy R1 interval (R1 at i % d_reg_every == 0).", ge=1)
+  g_reg_every: int = option(4, "Only scales A's Adam (lr, beta2), as the official code.", ge=1)
+  r1_quirk_weight: float = option(1.0, "q in the official R1 step's + q*D(real)[0] (1.0 official, "
+                                  "0.0 rosinality).")
+  sat_weight: float = option(1.0, "Weight of A's GAN loss.", ge=0)
+  loss_multiplier: float = option(1.2, "lambda: weight of binarization + fg coverage.", ge=0)
+  fg_coverage_value: float = option(0.25, "phi_fg of the foreground-coverage term.", ge=0, le=1)
+  bg_coverage_wt: float = option(0.0, "w_bg: weight of the background-coverage term.", ge=0)
+  bg_coverage_value: float = option(0.75, "phi_bg of the background-coverage term.", ge=0, le=1)
+  truncation: float = option(1.0, "Truncation psi of the foreground pass during training.",
+                             flag="trunc", gt=0)
+  background_mode: str = option("auto", "G_bg: auto = official (zero the constant input at 512 px, "
+                                "else conv1's output).", choices=("auto", "conv1", "input"))
+  alpha_ema_decay: float = option(0.5 ** (32 / 10000), "Decay of the unused EMA of A.", flag=None)
+  stddev_chunks: int = option(1, "Emulated devices per device (derived).", flag=None, ge=1)
+  compute_dtype: Optional[str] = option(None, "None or 'bfloat16' (derived from --dtype).",
+                                        flag=None)
 
 
 @dataclasses.dataclass(frozen=True)

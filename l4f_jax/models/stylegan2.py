@@ -160,7 +160,10 @@ class Generator(nn.Module):
     return skip, features
 
 
-def mean_latent(generator: Generator, params, key, n: int = 4096):
+N_MEAN_LATENT = 4096  # z samples of w-bar (rosinality's mean_latent, Labels4Free)
+
+
+def mean_latent(generator: Generator, params, key, n: int = N_MEAN_LATENT):
   """Mean w over n random z ([1, style_dim]), as rosinality's `mean_latent` and Labels4Free use."""
   z = jax.random.normal(key, (n, generator.style_dim))
   w = generator.apply({"params": params}, z, method=Generator.mapping)

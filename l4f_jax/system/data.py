@@ -40,6 +40,16 @@ def find_dataset_dir(path) -> str:
                    "pass one of them")
 
 
+def dataset_name(path) -> str:
+  """The tfds name stored with a prepared dataset ('' if unknown)."""
+  import json  # pylint: disable=import-outside-toplevel
+  try:
+    with open(os.path.join(find_dataset_dir(path), "dataset_info.json")) as f:
+      return json.load(f).get("name", "")
+  except (OSError, ValueError):
+    return ""
+
+
 def open_dataset(path, split: str = "train"):
   """Opens a prepared dataset; returns (random-access source, image size in pixels).
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from l4f_jax.method import step as step_lib
 from l4f_jax.models.alpha import AlphaNetwork, select_features
-from l4f_jax.models.stylegan2 import Discriminator, Generator
+from l4f_jax.models.stylegan2 import N_MEAN_LATENT, Discriminator, Generator, mean_latent
 from l4f_jax.system import sharding
 
 STREAMS = {"alpha_init": 0, "d_init": 1, "w_avg": 2, "grid": 3, "train": 4, "eval": 5}
@@ -36,6 +36,13 @@ def stream_key(seed: int, name: str):
 def iteration_key(seed: int, i):
   """Key of iteration i (i may be traced)."""
   return jax.random.fold_in(stream_key(seed, "train"), i)
+
+
+def w_avg(generator: Generator, g_params, seed: int):
+  """The one w-bar of every program: the mean of w over N_MEAN_LATENT z drawn from the 'w_avg'
+  stream of `seed` (Labels4Free's choice; the checkpoint's latent_avg is not used). [1, style_dim]."""
+  return jax.jit(lambda p, k: mean_latent(generator, p, k, N_MEAN_LATENT))(
+      g_params, stream_key(seed, "w_avg"))
 
 
 def stddev_group(local_batch: int, group: int = 4) -> int:

@@ -19,6 +19,7 @@ other: the restore target is built from the stored metadata and placed on the fi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from l4f_jax.models.stylegan2 import Discriminator, Generator
+from l4f_jax.models.stylegan2 import Discriminator, Generator, channel_table
+from l4f_jax.system.errors import UserError
 
 FORMAT = "l4f_jax.weights"
 VERSION = 1
@@ -43,8 +45,7 @@ CONVERT_HINT = ("convert a PyTorch checkpoint first: "
                 "python -m experiments.convert --src=<file.pt> --dst=<dir>")
 
 
-class WeightsError(Exception):
-  """A user-facing error about weight files; its message is one line naming the file and the fix."""
+WeightsError = UserError  # weight-file errors are ordinary one-line user errors
 
 
 @contextlib.contextmanager
@@ -220,3 +221,81 @@ def summarize_tree(tree) -> str:
     return f"shape {list(np.shape(tree))}"
   n = sum(int(np.prod(np.shape(x))) for x in leaves)
   return f"{len(leaves)} tensors, {n:,} parameters"
+
+
+# ----------------------------------------------------------------------------------------------
+# The one loading path of every program: generator, alpha network and discriminator, with checks.
+
+
+def fingerprint(tree) -> str:
+  """Content fingerprint of a parameter tree: sha256 over its leaves' paths, shapes, dtypes and
+  bytes (16 hex digits). Identifies a generator independently of where its directory lies."""
+  import hashlib
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}:{a.shape}:{a.dtype};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedGenerator:
+  """A converted generator: its directory, config, weightless module, params and other trees."""
+  path: str
+  config: dict
+  module: Generator
+  params: Any
+  trees: dict
+  fingerprint: str
+
+  @property
+  def size(self) -> int:
+    return self.module.size
+
+  def discriminator(self, stddev_group: int = 4, **overrides) -> Discriminator:
+    return discriminator_from_config(self.config, stddev_group, **overrides)
+
+  def alpha_identity(self) -> dict:
+    """What an alpha export stores about the generator it was trained on (checked on load)."""
+    m = self.module
+    table = channel_table(m.size, m.channel_multiplier, m.channel_base, m.channel_max)
+    return {"size": self.size, "channels": {str(k): v for k, v in table.items()},
+            "generator_fingerprint": self.fingerprint}
+
+
+def load_generator(path: str, flag: str = "--generator", **overrides) -> LoadedGenerator:
+  """Loads a generator weight directory; errors are one line naming `flag`."""
+  try:
+    config, trees = load_weights(path)
+    params = generator_params(trees, path)
+    module = generator_from_config(config, **overrides)
+  except WeightsError as e:
+    raise WeightsError(f"{flag}={path}: {e}") from None
+  return LoadedGenerator(path=path, config=config, module=module, params=params, trees=trees,
+                         fingerprint=fingerprint(params))
+
+
+def load_alpha(path: str, gen: LoadedGenerator, flag: str = "--alpha"):
+  """Loads an alpha network for `gen` (from an alpha export or a converted Labels4Free checkpoint)
+  and checks that it was made for this generator (size, channel table and, when stored, the
+  generator's content fingerprint)."""
+  if os.path.abspath(path) == os.path.abspath(gen.path):
+    config, trees = gen.config, gen.trees
+  else:
+    try:
+      config, trees = load_weights(path)
+    except WeightsError as e:
+      raise WeightsError(f"{flag}={path}: {e}") from None
+  if "alpha" not in trees:
+    raise WeightsError(f"{flag}={path} holds no alpha network (it has {sorted(trees)}); pass a "
+                       "training run's alpha/ export")
+  want = gen.alpha_identity()
+  if config.get("size", gen.size) != gen.size:
+    raise WeightsError(f"{flag}={path} is for {config.get('size')} px but the generator "
+                       f"{gen.path} is {gen.size} px; pass the alpha network trained on it")
+  for key, what in (("channels", "channel table"), ("generator_fingerprint", "weights")):
+    if key in config and config[key] != want[key]:
+      raise WeightsError(f"{flag}={path} was trained on a generator with other {what} than "
+                         f"{gen.path}; pass the alpha network trained on this generator")
+  return trees["alpha"]

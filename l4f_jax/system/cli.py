@@ -1,0 +1,56 @@
+"""What every CLI in experiments/ shares: process-level flags and the run wrapper.
+
+  define_flags(TrainConfig); cli.define_distributed_flags()
+  @cli.main("train")
+  def main(argv):
+    cli.init_distributed()
+    train_and_evaluate(from_flags(TrainConfig))
+
+`cli.main(prog)` rejects positional arguments, prints a UserError as one line
+(`prog: error: ...`, exit 2) and an interrupted run's line with exit 130.
+"""
+from __future__ import annotations
+
+import functools
+
+from absl import flags
+
+from l4f_jax.system import errors
+
+
+def define_distributed_flags(flag_values=flags.FLAGS) -> None:
+  """--coordinator_address / --num_processes / --process_id (GPU hosts; TPU pods, SLURM and Open
+  MPI need none: they are detected)."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU hosts; TPU pods, "
+                      "SLURM and Open MPI need none).", flag_values=flag_values)
+  flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).",
+                       flag_values=flag_values)
+
+
+def init_distributed(flag_values=flags.FLAGS) -> None:
+  """jax.distributed from the flags above (all three or none), or auto-detected."""
+  from l4f_jax.system import sharding  # pylint: disable=import-outside-toplevel
+  multi = (flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
+  if any(v is not None for v in multi) and any(v is None for v in multi):
+    raise errors.UserError("--coordinator_address, --num_processes and --process_id go together; "
+                           "pass all three (e.g. --coordinator_address=host0:1234 "
+                           "--num_processes=2 --process_id=0) or none")
+  sharding.maybe_initialize_distributed(*multi)
+
+
+def main(prog: str):
+  """Decorator of an absl main: one-line errors (exit 2), interrupted runs exit 130."""
+  def wrap(fn):
+    @errors.cli_main(prog)
+    @functools.wraps(fn)
+    def inner(argv):
+      from l4f_jax.system import loop, metrics_log  # pylint: disable=import-outside-toplevel
+      metrics_log.quiet_library_logs()
+      try:
+        return fn(argv)
+      except loop.Interrupted as e:
+        errors.fail(prog, str(e), code=130)
+    return inner
+  return wrap

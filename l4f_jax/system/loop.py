@@ -1,0 +1,317 @@
+"""The training loop every trainer shares, and the run directory it works in.
+
+  run = open_run(workdir, program="labels4free", config=cfg_dict, identity={...}, keep=2)
+  state, start = run.restore_or(state)                     # resume from the latest checkpoint
+  state = train_loop(state, batches, step_fn, run=run, start=start, end=n, log_every=10, ...)
+  run.close()
+
+`open_run` checks the destination before any work: a file, a read-only place, a directory that is
+not a run of this program, a run with another identity (generator, size, batch, devices) or a run
+locked by a live process are refused with one line; `--overwrite` (overwrite=True) starts afresh
+(only a run directory of the same program is ever deleted). The resolved config goes to
+flags.json, written atomically.
+
+`train_loop` runs `step_fn(i, state, batch) -> (state, metrics)` for i = start .. end - 1 with:
+- no host sync besides metrics every `log_every` iterations and at checkpoints (it keeps at most
+  two steps in flight);
+- console progress with it/s and ETA, metrics.jsonl and TensorBoard scalars (process 0);
+- a finiteness check of the metrics at every log and every checkpoint: a non-finite loss stops
+  the run with one line naming the iteration, and a non-finite state is never saved, so the last
+  checkpoint stays the last finite one;
+- checkpoints every `save_every` iterations and at the end (Orbax, asynchronous, last `keep`);
+- a clean stop on Ctrl-C / SIGTERM: the pending checkpoint is finished, files are closed and
+  `Interrupted` is raised (the CLIs exit with status 130).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+from typing import Any, Callable, Iterable, Optional
+
+import jax
+import numpy as np
+
+from l4f_jax.system import metrics_log
+from l4f_jax.system.checkpoints import Checkpointer
+from l4f_jax.system.errors import UserError
+
+FLAGS_FILE, LOCK_FILE = "flags.json", ".lock"
+
+
+class Interrupted(UserError):
+  """The run was stopped by a signal after saving what it could."""
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+  """Refuses a destination that is a file or cannot be created / written (one line)."""
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{flag}={path} is a file; pass a directory")
+  probe = path
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    raise UserError(f"{flag}={path}: {probe} is a file, so the directory cannot be created")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise UserError(f"{flag}={path}: {probe} is not writable; pass a writable directory")
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except OSError as e:
+    return e.errno == errno.EPERM
+  return True
+
+
+@dataclasses.dataclass
+class Run:
+  """An open run directory (see `open_run`)."""
+  workdir: str
+  program: str
+  config: dict
+  identity: dict
+  ckpt: Checkpointer
+  writer: metrics_log.MetricsWriter
+  _lock: Optional[str] = None
+
+  @property
+  def latest(self) -> Optional[int]:
+    return self.ckpt.latest_step()
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def meta(self, **extra) -> dict:
+    return {"program": self.program, "config": self.config, "run": self.identity, **extra}
+
+  def restore_or(self, state) -> tuple[Any, int]:
+    """(state, first iteration): the latest checkpoint restored into `state`'s structure and
+    shardings, or `state` itself and 0 for a new run."""
+    latest = self.latest
+    if latest is None:
+      return state, 0
+    step, state, _ = self.ckpt.restore(state, latest)
+    metrics_log.log_console(f"resumed from {self.ckpt.directory} at iteration {step}")
+    return state, step
+
+  def save(self, step: int, state) -> None:
+    self.ckpt.save(step, state, self.meta(step=step), force=True)
+
+  def close(self) -> None:
+    try:
+      self.ckpt.close()
+    finally:
+      self.writer.close()
+      if self._lock and os.path.exists(self._lock):
+        os.remove(self._lock)
+      self._lock = None
+
+
+def _take_lock(workdir: str) -> str:
+  """Creates <workdir>/.lock (O_EXCL) holding host and pid; a stale lock of a dead local process
+  is replaced. Another live run on the same workdir is refused."""
+  path = os.path.join(workdir, LOCK_FILE)
+  me = f"{socket.gethostname()} {os.getpid()}"
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      with os.fdopen(fd, "w") as f:
+        f.write(me + "\n")
+      return path
+    except FileExistsError:
+      try:
+        host, pid = open(path).read().split()
+        pid = int(pid)
+      except (OSError, ValueError):
+        host, pid = "?", -1
+      if host == socket.gethostname() and not _pid_alive(pid):
+        os.remove(path)  # stale: that process is gone
+        continue
+      raise UserError(f"--workdir={workdir} is in use by process {pid} on {host} ({path}); "
+                      "wait for it, or remove the lock file if that run is dead") from None
+  raise UserError(f"--workdir={workdir}: cannot take the lock {path}")
+
+
+def open_run(workdir: str, *, program: str, config: dict, identity: dict, keep: int = 2,
+             overwrite: bool = False, resume_keys: Iterable[str] = ()) -> Run:
+  """Checks and opens a run directory (module docstring). `identity` holds the properties a
+  checkpoint cannot be resumed across; those in `resume_keys` must match the stored run."""
+  workdir = os.path.abspath(workdir)
+  check_writable_dir(workdir, "--workdir")
+  stored = None
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    flags_path = os.path.join(workdir, FLAGS_FILE)
+    try:
+      with open(flags_path) as f:
+        stored = json.load(f)
+    except (OSError, ValueError):
+      stored = None
+    if not isinstance(stored, dict) or stored.get("program") != program:
+      what = (f"a {stored.get('program')} run" if isinstance(stored, dict) and
+              stored.get("program") else "files that are not a run of this program")
+      raise UserError(f"--workdir={workdir} holds {what}; pass a new or empty --workdir")
+    if overwrite and _is_main():
+      if os.path.exists(os.path.join(workdir, LOCK_FILE)):
+        _take_lock(workdir)  # refuses a live run; removes a stale lock
+        os.remove(os.path.join(workdir, LOCK_FILE))
+      shutil.rmtree(workdir)
+      stored = None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("l4f_open_run")
+  os.makedirs(workdir, exist_ok=True)
+  lock = _take_lock(workdir) if _is_main() else None
+  try:
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep or None)
+    if ckpt.latest_step() is not None:
+      old = ckpt.restore_meta().get("run", {})
+      diff = {k: (old.get(k), identity.get(k)) for k in resume_keys if old.get(k) != identity.get(k)}
+      if diff:
+        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise UserError(f"--workdir={workdir} holds a different run ({what}); use a new "
+                        f"--workdir, that run's flags ({workdir}/{FLAGS_FILE}) or --overwrite")
+    if _is_main():
+      metrics_log.write_json(os.path.join(workdir, FLAGS_FILE), {
+          "program": program, "config": config, "run": identity,
+          "resumed_from": ckpt.latest_step() or 0, "processes": jax.process_count(),
+          "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__})
+      trim_metrics(os.path.join(workdir, "logs", "metrics.jsonl"), ckpt.latest_step() or 0)
+    writer = metrics_log.MetricsWriter(os.path.join(workdir, "logs"))
+  except BaseException:
+    if lock and os.path.exists(lock):
+      os.remove(lock)
+    raise
+  return Run(workdir=workdir, program=program, config=config, identity=identity, ckpt=ckpt,
+             writer=writer, _lock=lock)
+
+
+def trim_metrics(path: str, first_redone: int) -> None:
+  """Drops metrics rows of iterations that a resumed run will redo (atomic rewrite)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [r for r in f if r.strip() and json.loads(r).get("step", -1) < first_redone]
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(rows)
+  os.replace(tmp, path)
+
+
+def nonfinite(metrics: dict) -> list[str]:
+  """Names of the metrics that are NaN or infinite."""
+  return [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+
+
+def tree_is_finite(tree) -> bool:
+  """True if every floating leaf of a (host or replicated) tree is finite."""
+  leaves = [np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+            for x in jax.tree.leaves(tree)]
+  return all(np.all(np.isfinite(x)) for x in leaves if np.issubdtype(x.dtype, np.floating))
+
+
+class _Signals:
+  """Turns SIGINT / SIGTERM into a flag the loop checks between iterations."""
+
+  def __init__(self):
+    self.caught = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.caught is not None:  # a second Ctrl-C: stop at once
+      raise KeyboardInterrupt
+    self.caught = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    return False
+
+
+def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: int, end: int,
+               log_every: int, save_every: int, sample_every: int = 0,
+               on_sample: Optional[Callable[[int, Any], None]] = None,
+               console_keys: Iterable[str] = (), sticky_keys: Iterable[str] = ()):
+  """Runs iterations start .. end - 1 (module docstring); returns the final state.
+
+  batches: iterable of (i, batch); step_fn(i, state, batch) -> (state, metrics of scalars).
+  `sticky_keys` are metrics only some iterations produce (e.g. R1): the latest value is logged.
+  `on_sample(i, state)` runs after iterations i with i % sample_every == 0 and the last one.
+  """
+  progress = metrics_log.Progress(start, end)
+  in_flight = collections.deque()
+  sticky: dict = {}
+  saved = run.latest
+  last = end - 1
+  console_keys = tuple(console_keys)
+
+  def check(i, m):
+    bad = nonfinite(m)
+    if bad:
+      where = (f"the last finite checkpoint is iteration {saved} in {run.ckpt.directory}"
+               if saved else "no checkpoint was saved")
+      run.ckpt.wait()
+      raise UserError(f"iteration {i}: non-finite {', '.join(f'{k}={float(np.asarray(m[k]))}' for k in bad[:3])}; "
+                      f"the run stopped and {where}; lower --lr or check the inputs")
+
+  with _Signals() as signals:
+    try:
+      for i, batch in batches:
+        state, metrics = step_fn(i, state, batch)
+        sticky.update({k: metrics[k] for k in sticky_keys if k in metrics})
+        in_flight.append(next(iter(metrics.values())))
+        if len(in_flight) > 2:  # wait (no transfer) for iteration i - 2, keeping two queued
+          in_flight.popleft().block_until_ready()
+        log = i % log_every == 0 or i == last
+        save = (i + 1) % save_every == 0 or i == last
+        if log or save:
+          m = jax.device_get({**metrics, **sticky})
+          check(i, m)
+          if log:
+            run.writer.write(i, m)
+            metrics_log.log_console(progress.line(i + 1) + "".join(
+                f"  {k} {float(m[k]):.4f}" for k in console_keys if k in m))
+        if on_sample is not None and sample_every and (i % sample_every == 0 or i == last):
+          on_sample(i, state)
+        if save:
+          run.save(i + 1, state)
+          saved = i + 1
+        if signals.caught:
+          done = i + 1
+          if saved != done:
+            run.save(done, state)
+          run.ckpt.wait()
+          raise Interrupted(f"stopped by {signals.caught} after iteration {i}; checkpoint "
+                            f"{done} in {run.ckpt.directory} resumes the run")
+    finally:
+      close = getattr(batches, "close", None)
+      if close is not None:
+        close()
+  return state
+
+
+def format_seconds(s: float) -> str:
+  return f"{s:.1f} s" if s < 120 else f"{math.floor(s / 60)} min {s % 60:.0f} s"
