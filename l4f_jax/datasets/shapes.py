@@ -366,3 +366,188 @@ def ensure_shapes(dataset: str, size: int, num_examples: int, seed: int = 0) -> 
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("l4f_shapes_ready")
+
+
+# ----------------------------------------------------------------------------- held-out test split
+#
+# The "real" test split stands in for real photos: it is never used to train G, A or a student.
+# Example i of the train split is `render_example([seed, i])`, i.e. SeedSequence entropy words
+# [seed, i]; held-out example i is `render_example(SeedSequence([seed, i, HELDOUT_STREAM_TAG]))`.
+# SeedSequence zero-pads entropy to its 4-word pool, and for entropy of at most 4 words its pool
+# (hence the generator state drawn from it) is a bijection of the padded words. Train entropy pads
+# to [seed, i, 0, 0] (seed, i < 2**32), held-out entropy to [seed', i', TAG, 0] with TAG != 0, so
+# for every train split with seed < 2**32 and < 2**32 examples and every held-out seed < 2**32 the
+# two never share a generator (tests/test_image_io.py checks the pools for the default sizes).
+#
+# Photo effects (on by default, recorded per example in split.json): a quarter of the images are
+# JPEG-compressed (quality 60-90, Pillow's default 4:2:0 chroma subsampling) and a quarter are
+# Gaussian-blurred (radius 0.4-0.9 px), the rest are clean renders. They act on the image only; the
+# mask stays the exact geometric coverage >= 0.5 of the clean render, so scores measure how a model
+# copes with camera/compression artefacts that the train split never shows. Effects draw from
+# their own child stream (spawn key 0 of the example's SeedSequence), so the clean render of
+# example i is the same with or without them.
+
+HELDOUT_STREAM_TAG = 0x7E575E7
+HELDOUT_FORMAT = "l4f_shapes_real_test/1"
+HELDOUT_MANIFEST = "split.json"
+_JPEG_FRACTION, _JPEG_QUALITY = 0.25, (60, 90)
+_BLUR_FRACTION, _BLUR_RADIUS = 0.25, (0.4, 0.9)
+_U32 = 2 ** 32
+
+
+def heldout_entropy(i: int, seed: int = 0) -> list[int]:
+  """SeedSequence entropy words of held-out example i (see the comment above)."""
+  return [int(seed), int(i), HELDOUT_STREAM_TAG]
+
+
+def render_heldout_example(i: int, size: int = 64, seed: int = 0,
+                           photo_effects: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Held-out example i: (image uint8 [size, size, 3], mask bool [size, size], effect dict).
+
+  The effect dict is {'kind': 'none'}, {'kind': 'jpeg', 'quality': q} or {'kind': 'blur',
+  'radius': r}; without photo_effects always {'kind': 'none'}.
+  """
+  from PIL import ImageFilter  # pylint: disable=import-outside-toplevel
+  entropy = heldout_entropy(i, seed)
+  image, mask = render_example(np.random.SeedSequence(entropy), size)
+  effect = {"kind": "none"}
+  if photo_effects:
+    fx = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(0,)))
+    u = fx.random()
+    if u < _JPEG_FRACTION:
+      q = int(fx.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1))
+      buf = io.BytesIO()
+      Image.fromarray(image).save(buf, format="JPEG", quality=q)
+      buf.seek(0)
+      with Image.open(buf) as img:
+        image = np.asarray(img.convert("RGB"))
+      effect = {"kind": "jpeg", "quality": q}
+    elif u < _JPEG_FRACTION + _BLUR_FRACTION:
+      r = round(float(fx.uniform(*_BLUR_RADIUS)), 3)
+      image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(r)))
+      effect = {"kind": "blur", "radius": r}
+  return image, mask, effect
+
+
+def _heldout_params(size: int, n: int, seed: int, photo_effects: bool) -> dict:
+  from l4f_jax.system.errors import UserError  # pylint: disable=import-outside-toplevel
+  if int(size) < 16 or not 1 <= int(n) < _U32 or not 0 <= int(seed) < _U32:
+    raise UserError(f"real test split size={size} n={n} seed={seed}: needs size >= 16, "
+                    f"1 <= n < 2**32 and 0 <= seed < 2**32")
+  return {"size": int(size), "n": int(n), "seed": int(seed), "photo_effects": bool(photo_effects)}
+
+
+def _heldout_status(out_dir: str, params: dict) -> str:
+  """'absent', 'empty', 'match', or a reason why out_dir cannot be reused."""
+  import json  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(out_dir):
+    return "absent"
+  if not os.path.isdir(out_dir):
+    return "is a file, not a folder"
+  if not os.listdir(out_dir):
+    return "empty"
+  try:
+    with open(os.path.join(out_dir, HELDOUT_MANIFEST), encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (OSError, ValueError):
+    return f"is not a real test split (no readable {HELDOUT_MANIFEST})"
+  if manifest.get("format") != HELDOUT_FORMAT:
+    return f"holds format {manifest.get('format')!r}, not {HELDOUT_FORMAT!r}"
+  if manifest.get("params") != params:
+    return f"was built with {manifest.get('params')}, not the requested {params}"
+  for i in range(params["n"]):
+    for sub in ("images", "masks"):
+      if not os.path.isfile(os.path.join(out_dir, sub, f"{i}.png")):
+        return f"is incomplete ({sub}/{i}.png is missing)"
+  return "match"
+
+
+def _write_heldout(tmp: str, params: dict) -> None:
+  import json  # pylint: disable=import-outside-toplevel
+  for sub in ("images", "masks"):
+    os.makedirs(os.path.join(tmp, sub))
+  effects = []
+  for i in range(params["n"]):
+    image, mask, effect = render_heldout_example(i, params["size"], params["seed"],
+                                                 params["photo_effects"])
+    Image.fromarray(image).save(os.path.join(tmp, "images", f"{i}.png"), format="PNG")
+    Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).save(
+        os.path.join(tmp, "masks", f"{i}.png"), format="PNG")
+    effects.append(effect)
+  manifest = {
+      "format": HELDOUT_FORMAT,
+      "params": params,
+      "stream": (f"example i = render_example(SeedSequence([seed, i, {HELDOUT_STREAM_TAG:#x}])); "
+                 "the train split uses [seed, i], so the two never share a generator"),
+      "use": "held-out evaluation only: never train G, A or a student on it",
+      "masks": "0/255 L PNG, exact object coverage >= 0.5 of the clean render",
+      "effects": effects,
+  }
+  with open(os.path.join(tmp, HELDOUT_MANIFEST), "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=1)
+
+
+def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
+                           photo_effects: bool = True, overwrite: bool = False) -> str:
+  """Writes the held-out test split: `<out_dir>/images/<i>.png`, `<out_dir>/masks/<i>.png` (0/255)
+  and `<out_dir>/split.json` (parameters, per-example photo effects); returns out_dir.
+
+  Atomic: everything is written to a hidden temporary folder next to out_dir and renamed into
+  place, so out_dir is either absent or complete. Idempotent: an existing complete split with the
+  same parameters is reused as is (nothing is rewritten). A folder with other parameters, an
+  incomplete split or a folder that is not a split raises UserError; `overwrite=True` replaces a
+  split with other parameters or an incomplete one (never a folder that is not a split).
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  from l4f_jax.system.errors import UserError  # pylint: disable=import-outside-toplevel
+  params = _heldout_params(size, n, seed, photo_effects)
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  status = _heldout_status(out_dir, params)
+  if status == "match":
+    return out_dir
+  replace = status not in ("absent", "empty")
+  if replace and not (overwrite and (status.startswith("was built") or
+                                     status.startswith("is incomplete"))):
+    raise UserError(f"{out_dir}: {status}; pass a new folder"
+                    + ("" if overwrite else " (or overwrite=True to replace a split)"))
+  parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp_{name}_")
+  old = None
+  try:
+    _write_heldout(tmp, params)
+    os.chmod(tmp, 0o755)
+    if replace:
+      old = tempfile.mkdtemp(dir=parent, prefix=f".old_{name}_")
+      os.rename(out_dir, os.path.join(old, name))
+    try:
+      os.rename(tmp, out_dir)
+    except OSError:
+      # Another process finished first (out_dir is no longer absent or empty).
+      if old is not None and not os.path.exists(out_dir):
+        os.rename(os.path.join(old, name), out_dir)  # put the replaced split back
+      now = _heldout_status(out_dir, params)
+      if now != "match":
+        raise UserError(f"{out_dir}: appeared while the real test split was being written and "
+                        f"{now}; pass a new folder") from None
+  finally:
+    for d in (tmp, old):
+      if d is not None and os.path.exists(d):
+        shutil.rmtree(d, ignore_errors=True)
+  logging.info("Wrote the real test split (%d images, %d px, seed %d) to %s", params["n"],
+               params["size"], params["seed"], out_dir)
+  return out_dir
+
+
+def ensure_real_test_split(path, size: int, n: int, seed: int = 0,
+                           photo_effects: bool = True) -> str:
+  """`export_real_test_split(path, ...)` on process 0 (reused when already there); every process
+  then waits for it, as `ensure_shapes` does. Returns the split folder."""
+  import jax  # pylint: disable=import-outside-toplevel
+  out = os.path.abspath(os.fspath(path))
+  if jax.process_index() == 0:
+    export_real_test_split(out, size=size, n=n, seed=seed, photo_effects=photo_effects)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("l4f_shapes_real_test_ready")
+  return out

@@ -34,15 +34,22 @@ def _draw(key, stream: int, generator: Generator):
 
 
 @functools.partial(jax.jit, static_argnames=("generator", "alpha_net", "truncation", "threshold",
-                                             "independent_bg", "background_mode"))
+                                             "independent_bg", "background_mode", "background"))
 def sample_batch(g_params, alpha_params, w_avg, keys, *, generator: Generator,
                  alpha_net: AlphaNetwork, truncation: float = 0.5, threshold: float = 0.9,
-                 independent_bg: bool = True, background_mode: str = "auto") -> dict:
-  """One jitted batch: keys [B] (one per sample) -> dict of [B, ...] device arrays (module doc)."""
+                 independent_bg: bool = True, background_mode: str = "auto",
+                 background: bool = True) -> dict:
+  """One jitted batch: keys [B] (one per sample) -> dict of [B, ...] device arrays (module doc).
+
+  `background=False` skips the G_bg pass (image, alpha and hard_mask only; needs `alpha_net`).
+  """
   draw = lambda stream: jax.vmap(lambda k: _draw(k, stream, generator))(keys)
   z, noise = draw(_FG)
   image, feats = generator.apply({"params": g_params}, z, truncation=truncation,
                                  truncation_latent=w_avg, noise=noise)
+  if not background:
+    alpha = alpha_net.apply({"params": alpha_params}, select_features(feats, generator.size))
+    return {"image": image, "alpha": alpha, "hard_mask": alpha[..., 0] > threshold}
   z_bg, noise_bg = draw(_BG)
   if not independent_bg:
     z_bg, noise_bg = z, draw(_BG_SAME_Z)[1]

@@ -1,0 +1,419 @@
+"""Raw images in, masks out: listing, decoding, model input, mask write-back and contact sheets.
+
+Decoding rules (`read_rgb`), every input ends as uint8 RGB [H, W, 3]:
+- The first frame is read (animated GIF / multi-page TIFF), then the EXIF orientation is applied
+  (`ImageOps.exif_transpose`; a broken EXIF block is ignored, the pixels are kept as stored).
+- Transparency (LA, La, RGBA, RGBa, PA, P or L or RGB with a `transparency` key) is composited over
+  WHITE: out = a * colour + (1 - a) * 255, a = alpha / 255. A transparent pixel therefore reads as
+  white, the usual flattening of a cut-out (viewers, JPEG export), and a neutral colour for the
+  segmenter. Opaque pixels keep their exact values.
+- 1-bit and 8-bit greyscale (1, L) are replicated to R = G = B.
+- 16-bit greyscale (I;16, I;16L, I;16B, I;16N) is scaled by its bit depth: v8 = round(v * 255 /
+  65535), so 65535 -> 255 and 32768 -> 128 (Pillow's own convert would clip at 255 and turn almost
+  every 16-bit picture white).
+- 32-bit integer greyscale (I): the depth comes from the TIFF BitsPerSample tag when it is <= 16;
+  otherwise (32-bit or unknown) values <= 65535 are read as 16-bit, and a larger maximum scales the
+  image by its maximum. Negative values become 0.
+- 32-bit float greyscale (F): non-finite values become 0, negative values 0; values in [0, 1] map
+  to [0, 255]; if the maximum exceeds 1 the image is divided by its maximum first (an HDR or
+  raw-count float image is shown with its brightest pixel white, never clipped to all-white).
+- CMYK, YCbCr, HSV and palette images go through Pillow's `convert('RGB')` (CMYK JPEGs with an Adobe
+  marker are un-inverted by Pillow). Embedded ICC colour profiles are not applied: pixels are taken
+  as sRGB.
+- Anything Pillow cannot open or fully decode (a text file named .png, a truncated file, an
+  unsupported mode) raises `UnreadableImage` (a `UserError`) with a one-line reason.
+
+Model input (`to_model_input`): the WHOLE image is resized to size x size (LANCZOS, which
+antialiases when shrinking); the aspect ratio is not kept, so nothing is cropped away. The
+predicted alpha is resized back to the image's own H x W (`alpha_to_original`, bilinear), which
+undoes the stretch: masks are written at the input's original size and aspect.
+
+Output stems (`output_stems`): a file under the `--images` folder is named by its path relative to
+that folder, without extension, with '/' replaced by '__' (`cats/a.jpg` -> `cats__a`); a file given
+explicitly (outside that folder) by its file name without extension. A stem already taken
+(case-insensitively, so that case-insensitive file systems cannot merge two outputs), e.g. `a.png`
+next to `a.jpg` or two explicit `x/a.png`, `y/a.png`, gets `_1`, `_2`, ... (the first free one) in
+input order.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from l4f_jax.method.evaluation import natural_key
+from l4f_jax.system.errors import UserError, one_line
+from l4f_jax.system.images import _atomic_save, make_grid
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_LETTERBOX = 96      # grey level around a letterboxed picture in `contact_sheet`
+_CHECKER = (204, 153)  # checkerboard grey levels behind cut-outs
+_CHECKER_SQUARE = 8
+
+
+class UnreadableImage(UserError):
+  """A file that cannot be decoded as an image; the message is one line: path and reason."""
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def _is_image_name(name: str) -> bool:
+  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(folder: str) -> list[str]:
+  """Image files under folder (recursive, symlinks followed once, hidden entries skipped)."""
+  found, seen = [], set()
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    real = os.path.realpath(root)
+    if real in seen:  # a symlink loop or a second link to the same folder
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    found.extend(os.path.join(root, f) for f in files if _is_image_name(f))
+  return sorted(found, key=lambda p: natural_key(os.path.relpath(p, folder).replace(os.sep, "/")))
+
+
+def _split_spec(spec) -> list[str]:
+  if isinstance(spec, (str, os.PathLike)):
+    spec = os.fspath(spec)
+    if os.path.exists(spec) or "," not in spec:
+      return [spec]
+    return [s.strip() for s in spec.split(",") if s.strip()]
+  return [os.fspath(s) for s in spec]
+
+
+def list_inputs(spec: str | list[str]) -> list[str]:
+  """The image files named by `--images`.
+
+  Args:
+    spec: a folder (searched recursively for png/jpg/jpeg/bmp/gif/tif/tiff/webp, hidden entries
+      skipped, natural sort of the relative paths), one file, a comma-separated string of files
+      (and/or folders), or a list of them. Explicit files keep the given order and are read
+      whatever their extension; a path repeated is listed once.
+  Returns:
+    Paths (folder entries joined onto the folder as given).
+  Raises:
+    UserError naming --images when a path does not exist or nothing is found.
+  """
+  items = _split_spec(spec)
+  if not items:
+    raise UserError("--images is empty; pass a folder of images or comma-separated image files")
+  out, seen = [], set()
+  for item in items:
+    if os.path.isdir(item):
+      files = _walk(item)
+      if not files:
+        kinds = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
+        raise UserError(f"--images={item}: no image files ({kinds}) in this folder or below; "
+                        "pass a folder that holds images")
+    elif os.path.isfile(item):
+      files = [item]
+    else:
+      raise UserError(f"--images={item}: no such file or folder; pass a folder of images or "
+                      "comma-separated image files")
+    for f in files:
+      key = os.path.abspath(f)
+      if key not in seen:
+        seen.add(key)
+        out.append(f)
+  return out
+
+
+def output_stems(paths: list[str], root: str | None = None) -> list[str]:
+  """Unique output stems for `paths` (rule in the module docstring).
+
+  Args:
+    paths: input files, e.g. from `list_inputs`.
+    root: the `--images` value; when it is a folder, files under it are named by their relative
+      path ('/' -> '__'), other files by their base name.
+  """
+  base_dir = os.path.abspath(root) if root is not None and os.path.isdir(root) else None
+  stems, taken = [], set()
+  for p in paths:
+    full = os.path.abspath(p)
+    inside = base_dir is not None and full != base_dir and (
+        os.path.commonpath([base_dir, full]) == base_dir)
+    if inside:
+      rel = os.path.relpath(full, base_dir).replace(os.sep, "/")
+    else:
+      rel = os.path.basename(full)
+    stem = os.path.splitext(rel)[0].replace("/", "__") or "image"
+    candidate, k = stem, 0
+    while candidate.casefold() in taken:
+      k += 1
+      candidate = f"{stem}_{k}"
+    taken.add(candidate.casefold())
+    stems.append(candidate)
+  return stems
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _reason(e: BaseException) -> str:
+  if isinstance(e, UnidentifiedImageError):
+    return "not an image Pillow can identify"
+  if isinstance(e, FileNotFoundError):
+    return "no such file"
+  if isinstance(e, IsADirectoryError):
+    return "a folder, not an image file"
+  text = str(e).splitlines()[0].strip() if str(e).strip() else type(e).__name__
+  if "truncated" in text.lower():
+    return f"truncated or corrupt ({text})"
+  return f"cannot decode ({type(e).__name__}: {text})"
+
+
+def _unreadable(path, reason: str) -> UnreadableImage:
+  return UnreadableImage(one_line(f"{os.fspath(path)}: unreadable image, {reason}; replace or "
+                                  "remove the file"))
+
+
+def _composite_over_white(rgba: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, 4] -> uint8 [H, W, 3], a * colour + (1 - a) * 255 rounded half up."""
+  a = rgba[..., 3:4].astype(np.float64) / 255.0
+  out = rgba[..., :3].astype(np.float64) * a + 255.0 * (1.0 - a)
+  return np.floor(out + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def _grey_to_rgb(v01: np.ndarray) -> np.ndarray:
+  g = np.floor(np.clip(v01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+  return np.repeat(g[..., None], 3, axis=-1)
+
+
+def _integer_depth_max(img: Image.Image, values: np.ndarray) -> float:
+  """Full-scale value of an 'I' (int32) image (module docstring rule)."""
+  bits = None
+  tags = getattr(img, "tag_v2", None)
+  if tags is not None:
+    b = tags.get(258)  # BitsPerSample
+    if isinstance(b, (tuple, list)) and b:
+      b = b[0]
+    if isinstance(b, int) and 1 <= b <= 16:
+      bits = b
+  if bits is not None:
+    return float(2 ** bits - 1)
+  vmax = float(values.max()) if values.size else 0.0
+  return 65535.0 if vmax <= 65535 else vmax
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+  """Decoded PIL image -> uint8 [H, W, 3] by the module docstring rules."""
+  mode = img.mode
+  if mode in _SIXTEEN_BIT:
+    return _grey_to_rgb(np.asarray(img).astype(np.float64) / 65535.0)
+  if mode == "I":
+    v = np.asarray(img).astype(np.float64)
+    v = np.maximum(v, 0.0)
+    return _grey_to_rgb(v / max(_integer_depth_max(img, v), 1.0))
+  if mode == "F":
+    v = np.asarray(img).astype(np.float64)
+    v = np.where(np.isfinite(v), v, 0.0)
+    v = np.maximum(v, 0.0)
+    vmax = float(v.max()) if v.size else 0.0
+    return _grey_to_rgb(v / vmax if vmax > 1.0 else v)
+  has_alpha = mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in img.info
+  if has_alpha:
+    return _composite_over_white(np.asarray(img.convert("RGBA")))
+  if mode == "RGB":
+    return np.asarray(img).copy()
+  return np.asarray(img.convert("RGB"))
+
+
+def read_rgb(path) -> np.ndarray:
+  """Decodes one image file to uint8 RGB [H, W, 3] (rules in the module docstring).
+
+  Raises:
+    UnreadableImage (one line: the path and why) for missing, corrupt, truncated or non-image files.
+  """
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      with Image.open(path) as img:
+        img.load()
+        try:
+          oriented = ImageOps.exif_transpose(img)
+        except Exception:  # pylint: disable=broad-except  # malformed EXIF: keep stored pixels
+          oriented = img
+        out = _to_rgb_array(oriented if oriented is not None else img)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # any decoder failure means "unreadable"
+    raise _unreadable(path, _reason(e)) from e
+  if out.ndim != 3 or out.shape[-1] != 3 or out.shape[0] == 0 or out.shape[1] == 0:
+    raise _unreadable(path, f"decoded to an unusable shape {out.shape}")
+  return out
+
+
+# ----------------------------------------------------------------------------- model in / out
+
+
+def _check_rgb(rgb) -> np.ndarray:
+  rgb = np.asarray(rgb)
+  if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+    raise ValueError(f"expected uint8 RGB [H, W, 3], got {rgb.dtype} {rgb.shape}")
+  return rgb
+
+
+def _resize_rgb(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
+  if rgb.shape[:2] == (h, w):
+    return rgb
+  return np.asarray(Image.fromarray(rgb).resize((w, h), Image.LANCZOS))
+
+
+def _resize_alpha(alpha: np.ndarray, w: int, h: int) -> np.ndarray:
+  a = np.asarray(alpha, np.float32)
+  if a.shape != (h, w):
+    a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))  # float32 [h, w]: mode F
+  return np.clip(a, 0.0, 1.0).astype(np.float32)
+
+
+def to_model_input(rgb_uint8, size: int) -> np.ndarray:
+  """uint8 RGB [H, W, 3] -> float32 [size, size, 3] in [-1, 1].
+
+  The whole image is resized (LANCZOS, antialiased) to size x size without keeping the aspect
+  ratio; `alpha_to_original` maps the prediction back to H x W. A size x size input is not
+  resampled.
+  """
+  rgb = _check_rgb(rgb_uint8)
+  size = int(size)
+  if size < 1:
+    raise ValueError(f"to_model_input: size must be >= 1, got {size}")
+  x = _resize_rgb(rgb, size, size).astype(np.float32)
+  return x / np.float32(127.5) - np.float32(1.0)
+
+
+def _alpha_2d(alpha) -> np.ndarray:
+  a = np.asarray(alpha, np.float32)
+  if a.ndim == 3 and a.shape[-1] == 1:
+    a = a[..., 0]
+  if a.ndim != 2:
+    raise ValueError(f"expected an alpha map [H, W] or [H, W, 1], got shape {a.shape}")
+  return a
+
+
+def alpha_to_original(alpha, hw: tuple[int, int]) -> np.ndarray:
+  """Soft mask [size, size] (or [size, size, 1]) -> float32 [h, w] in [0, 1], bilinear."""
+  h, w = (int(v) for v in hw)
+  if h < 1 or w < 1:
+    raise ValueError(f"alpha_to_original: bad target size {hw}")
+  return _resize_alpha(_alpha_2d(alpha), w, h)
+
+
+def _save_png(path: str, array: np.ndarray, mode: str) -> None:
+  """Atomic PNG of a uint8 [H, W] (L), [H, W, 3] (RGB) or [H, W, 4] (RGBA) array."""
+  img = Image.fromarray(np.ascontiguousarray(array, np.uint8))
+  if img.mode != mode:
+    raise ValueError(f"_save_png: array {array.shape} gives mode {img.mode}, expected {mode}")
+  _atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw, threshold: float = 0.5) -> dict:
+  """Writes the three outputs of one input, each atomically, at the input's own size.
+
+  - `<out_dir>/masks/<stem>.png`: hard mask, L, 255 where alpha >= threshold, else 0.
+  - `<out_dir>/alpha/<stem>.png`: soft mask, L, round(alpha * 255).
+  - `<out_dir>/cutout/<stem>.png`: RGBA, the input's RGB with alpha = the soft mask.
+
+  Args:
+    out_dir: output folder (created).
+    stem: output name without extension (see `output_stems`); no path separators.
+    rgb_uint8: the input, uint8 [H, W, 3].
+    alpha_hw: float alpha in [0, 1], [H, W] (already at the input's size, `alpha_to_original`).
+    threshold: foreground where alpha >= threshold.
+  Returns:
+    {'mask': path, 'alpha': path, 'cutout': path}.
+  """
+  rgb = _check_rgb(rgb_uint8)
+  alpha = np.clip(_alpha_2d(alpha_hw), 0.0, 1.0)
+  if alpha.shape != rgb.shape[:2]:
+    raise ValueError(f"write_segmentation: alpha {alpha.shape} does not match image "
+                     f"{rgb.shape[:2]}; map it back with alpha_to_original first")
+  stem = str(stem)
+  if not stem or stem in (".", "..") or "/" in stem or os.sep in stem:
+    raise ValueError(f"write_segmentation: bad stem {stem!r} (a file name without folders)")
+  soft = np.floor(alpha * 255.0 + 0.5).astype(np.uint8)
+  hard = np.where(alpha >= threshold, 255, 0).astype(np.uint8)
+  paths = {k: os.path.join(os.fspath(out_dir), d, f"{stem}.png")
+           for k, d in (("mask", "masks"), ("alpha", "alpha"), ("cutout", "cutout"))}
+  _save_png(paths["mask"], hard, "L")
+  _save_png(paths["alpha"], soft, "L")
+  _save_png(paths["cutout"], np.concatenate([rgb, soft[..., None]], axis=-1), "RGBA")
+  return paths
+
+
+# ----------------------------------------------------------------------------- contact sheet
+
+
+def _checkerboard(h: int, w: int) -> np.ndarray:
+  yy, xx = np.meshgrid(np.arange(h) // _CHECKER_SQUARE, np.arange(w) // _CHECKER_SQUARE,
+                       indexing="ij")
+  grey = np.where((yy + xx) % 2 == 0, _CHECKER[0], _CHECKER[1]).astype(np.float32)
+  return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _letterbox(picture: np.ndarray, cell: int) -> np.ndarray:
+  """uint8 [h, w, 3] (h, w <= cell) centred on a cell x cell square of grey _LETTERBOX."""
+  out = np.full((cell, cell, 3), _LETTERBOX, np.uint8)
+  h, w = picture.shape[:2]
+  y, x = (cell - h) // 2, (cell - w) // 2
+  out[y:y + h, x:x + w] = picture
+  return out
+
+
+def contact_sheet_cells(rgb_uint8, alpha_hw, cell: int = 128) -> tuple[np.ndarray, ...]:
+  """(image, soft mask, cut-out over a checkerboard) of one input, each uint8 [cell, cell, 3].
+
+  The picture is scaled (aspect kept) so that its longer side is `cell`, then letterboxed on grey.
+  """
+  rgb = _check_rgb(rgb_uint8)
+  alpha = _alpha_2d(alpha_hw)
+  h, w = rgb.shape[:2]
+  scale = cell / max(h, w)
+  fh, fw = max(1, round(h * scale)), max(1, round(w * scale))
+  small = _resize_rgb(rgb, fw, fh)
+  a = _resize_alpha(alpha, fw, fh)
+  soft = np.repeat(np.floor(a * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+  cut = a[..., None] * small.astype(np.float32) + (1.0 - a[..., None]) * _checkerboard(fh, fw)
+  cut = np.floor(cut + 0.5).clip(0, 255).astype(np.uint8)
+  return tuple(_letterbox(p, cell) for p in (small, soft, cut))
+
+
+def contact_sheet(rows, cell: int = 128, max_items: int = 64, columns: int = 8) -> np.ndarray:
+  """Overview picture of segmented inputs.
+
+  Args:
+    rows: list of (rgb uint8 [H, W, 3], alpha float [H, W]) pairs, any sizes.
+    cell: side of each square cell (pictures keep their aspect, letterboxed on grey).
+    max_items: only the first max_items inputs are drawn.
+    columns: inputs per block.
+  Returns:
+    uint8 [H', W', 3]: one column per input; per block of `columns` inputs three rows: image,
+    soft mask, cut-out over a checkerboard (`images.make_grid` layout, white padding).
+  """
+  cell = int(cell)
+  if cell < 8:
+    raise ValueError(f"contact_sheet: cell must be >= 8, got {cell}")
+  items = list(rows)[:max(int(max_items), 0)]
+  if not items:
+    raise ValueError("contact_sheet: nothing to draw")
+  cells = [contact_sheet_cells(rgb, alpha, cell) for rgb, alpha in items]
+  grid_rows = []
+  for start in range(0, len(cells), columns):
+    block = cells[start:start + columns]
+    for k in range(3):
+      grid_rows.append(np.stack([c[k] for c in block]))
+  return make_grid(grid_rows, ncols=min(columns, len(cells)))
+
+
+def save_contact_sheet(path, rows, cell: int = 128, max_items: int = 64,
+                       columns: int = 8) -> np.ndarray:
+  """`contact_sheet` written atomically as a PNG; returns the picture."""
+  sheet = contact_sheet(rows, cell=cell, max_items=max_items, columns=columns)
+  _save_png(os.fspath(path), sheet, "RGB")
+  return sheet
