@@ -30,21 +30,20 @@ Configurations (--config; the flags --size/--batch/--channel_multiplier apply wi
   cpu_wide 64 px, style 512, 8 mapping layers, channels min(16384/res, 256); 4 x 2
   gpu256 / gpu512 / gpu1024   config-f (style 512, 8 mapping layers, channel_multiplier 2); 4 x 2
 
-Add a benchmark by writing `bench_<name>(args) -> list[Result]` and registering it in BENCHMARKS.
+The benchmarks live in `l4f_jax.system.benchmarking` (add one there: `bench_<name>(args)` registered
+in BENCHMARKS); this CLI parses and checks the flags and prints the report.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
-import sys
-import time
-from typing import Callable, Optional
 
 from absl import app, flags
 
-from l4f_jax.system.flops import (CONFIGS, Config, discriminator_macs, generator_macs,
-                                  iteration_flops, peak_tflops)
+from l4f_jax.system import cli
+from l4f_jax.system.benchmarking import BENCHMARKS, Args, load, report
+from l4f_jax.system.errors import UserError
+from l4f_jax.system.flops import CONFIGS
 
 _WHAT = flags.DEFINE_string("what", "generator", "Benchmark(s) to run, comma-separated, or 'all' "
                             "(see BENCHMARKS).")
@@ -68,424 +67,29 @@ _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bflo
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before JAX starts.")
 
 
-class BenchmarkError(Exception):
-  """Bad input; one line naming the flag."""
-
-
-@dataclasses.dataclass
-class Args:
-  size: int
-  batch: int
-  repeats: int
-  channel_multiplier: int = 2
-  torch: bool = True
-  torch_threads: tuple = (0,)
-  config: Optional[Config] = None
-  config_name: str = ""
-  torch_device: str = "auto"
-  compute_dtype: str = "float32"
-
-  def model_config(self) -> Config:
-    if self.config is not None:
-      return dataclasses.replace(self.config, batch=self.batch)
-    return Config(self.size, channel_multiplier=self.channel_multiplier, batch=self.batch,
-                  devices=1)
-
-
-@dataclasses.dataclass
-class Result:
-  name: str
-  seconds: list[float]          # per timed call
-  items: int                    # images (or iterations) per call
-  compile_s: Optional[float] = None
-  note: str = ""
-  unit: str = "img/s"
-  flops: Optional[float] = None  # per call
-
-  @property
-  def median(self) -> float:
-    return statistics.median(self.seconds)
-
-  @property
-  def rate(self) -> float:
-    return self.items / self.median
-
-
-def load() -> str:
-  return "load %.2f %.2f %.2f" % os.getloadavg()
-
-
-def _time_interleaved(fns: list[Callable[[], object]], repeats: int) -> list[list[float]]:
-  """Times each fn `repeats` times, round-robin (fn0, fn1, ..., fn0, ...)."""
-  out = [[] for _ in fns]
-  for _ in range(repeats):
-    for j, fn in enumerate(fns):
-      t = time.perf_counter()
-      fn()
-      out[j].append(time.perf_counter() - t)
-  return out
-
-
-def _torch_device(args: Args):
-  import torch  # noqa: PLC0415
-  if args.torch_device == "auto":
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  return torch.device(args.torch_device)
-
-
-_TORCH_DEFAULT_THREADS = []
-
-
-def _torch_thread_variants(args: Args, dev) -> list[int]:
-  """Thread counts to time (one on a GPU); 0 = the default, resolved."""
-  import torch  # noqa: PLC0415
-  if not _TORCH_DEFAULT_THREADS:
-    _TORCH_DEFAULT_THREADS.append(torch.get_num_threads())
-  out = []
-  for n in args.torch_threads[:1] if dev.type == "cuda" else args.torch_threads:
-    n = n or _TORCH_DEFAULT_THREADS[0]
-    if n not in out:
-      out.append(n)
-  return out
-
-
-def _with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
-  def run():
-    import torch  # noqa: PLC0415
-    torch.set_num_threads(n)
-    return fn()
-  return run
-
-
-def _torch_sync(dev):
-  import torch  # noqa: PLC0415
-  if dev.type == "cuda":
-    torch.cuda.synchronize()
-
-
-def _torch_name(dev, what: str, threads: int = 0) -> str:
-  import torch  # noqa: PLC0415
-  where = (f"cuda: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda"
-           else f"cpu, {threads} thread{'s' if threads > 1 else ''}")
-  return f"torch ({where}; {what})"
-
-
-def _jax_name(what: str) -> str:
-  import jax  # noqa: PLC0415
-  dev = jax.devices()[0]
-  return f"jax   ({dev.platform}: {dev.device_kind}; {what})"
-
-
-def _flops(compiled) -> Optional[float]:
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 (not every backend implements it)
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  return float(cost["flops"]) if cost and "flops" in cost else None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Benchmarks
-
-
-def _torch_generator(c: Config):
-  import torch  # noqa: PLC0415
-  from l4f_jax.reference.torch_stylegan2 import Generator as TorchGenerator  # noqa: PLC0415
-  torch.manual_seed(0)
-  return TorchGenerator(c.size, c.style_dim, c.n_mlp, **c.arch())
-
-
-def bench_generator(args: Args) -> list[Result]:
-  """G forward img/s: JAX (jit, non-fused) and the torch reference (no_grad, fused)."""
-  import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-
-  from l4f_jax.models.stylegan2 import Generator  # noqa: PLC0415
-
-  c = args.model_config()
-  g_kw = dict(size=c.size, style_dim=c.style_dim, n_mlp=c.n_mlp, **c.arch())
-  if args.torch:
-    import torch  # noqa: PLC0415
-
-    from l4f_jax.system.convert import convert_generator  # noqa: PLC0415
-    dev = _torch_device(args)
-    tg = _torch_generator(c).eval()
-    _, params, _ = convert_generator(tg.state_dict())
-    params = jax.tree.map(np.asarray, params)
-    tg = tg.to(dev)
-  else:
-    params = Generator(**g_kw).init(jax.random.PRNGKey(0), np.zeros((1, c.style_dim), np.float32),
-                                    noise_key=jax.random.PRNGKey(1))["params"]
-  dtype = None if args.compute_dtype == "float32" else jax.numpy.dtype(args.compute_dtype)
-  gen = Generator(**g_kw, fused_modconv=False, dtype=dtype)
-  params = jax.device_put(params)
-
-  def forward(p, key):
-    kz, kn = jax.random.split(key)
-    z = jax.random.normal(kz, (c.batch, c.style_dim))
-    return gen.apply({"params": p}, z, noise_key=kn)[0]
-
-  keys = iter(jax.random.split(jax.random.PRNGKey(1), 2 * args.repeats + 4))
-  t = time.perf_counter()
-  compiled = jax.jit(forward).lower(params, next(keys)).compile()
-  compile_s = time.perf_counter() - t
-  fns = [lambda: compiled(params, next(keys)).block_until_ready()]
-  names = [_jax_name(f"jit, non-fused, {args.compute_dtype}")]
-  if args.torch:
-    def torch_forward():
-      with torch.no_grad():
-        out = tg([torch.randn(c.batch, c.style_dim, device=dev)])[0]
-      _torch_sync(dev)
-      return out
-    for n in _torch_thread_variants(args, dev):
-      fns.append(_with_threads(n, torch_forward))
-      names.append(_torch_name(dev, "no_grad, fused", n))
-  for fn in fns:
-    fn()  # warm-up
-  secs = _time_interleaved(fns, args.repeats)
-  flops = _flops(compiled)
-  return [Result(n, s, c.batch, compile_s if j == 0 else None, flops=flops)
-          for j, (n, s) in enumerate(zip(names, secs))]
-
-
-def _build_iteration(c: Config, args: Args):
-  """Torch G, D, A (+ optimizers) and the converted JAX state, identical weights."""
-  import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-  import torch  # noqa: PLC0415
-
-  from l4f_jax.method import step as S  # noqa: PLC0415
-  from l4f_jax.models.alpha import AlphaNetwork  # noqa: PLC0415
-  from l4f_jax.models.stylegan2 import Discriminator, Generator  # noqa: PLC0415
-  from l4f_jax.system.convert import (convert_alpha, convert_discriminator,  # noqa: PLC0415
-                                      convert_generator)
-  from l4f_jax.reference import torch_labels4free as tl  # noqa: PLC0415
-  from l4f_jax.reference.torch_stylegan2 import Discriminator as TorchDiscriminator  # noqa: PLC0415
-
-  tg = _torch_generator(c)
-  td = TorchDiscriminator(c.size, **c.arch())
-  ta = tl.BgExtractorRepro(c.size, tg.channels)
-  with torch.no_grad():
-    w_avg = tg.mean_latent(4096)
-  sd = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}
-  host = lambda t: jax.tree.map(np.asarray, t)
-  g_params = host(convert_generator(sd(tg))[1])
-  d_params = host(convert_discriminator(sd(td), c.size)[1])
-  a_params = host(convert_alpha(sd(ta), dict(size=c.size, **c.arch()))[1])
-  compute = None if args.compute_dtype == "float32" else args.compute_dtype
-  cfg = S.L4FConfig(stddev_chunks=c.devices, compute_dtype=compute)
-  models = S.Models(Generator(c.size, c.style_dim, c.n_mlp, **c.arch()), AlphaNetwork(c.size),
-                    Discriminator(c.size, **c.arch()))
-  return dict(tg=tg, td=td, ta=ta, w_avg=w_avg, g_params=g_params, d_params=d_params,
-              a_params=a_params, cfg=cfg, models=models)
-
-
-def _jax_step(models, cfg, batch: int, do_r1: bool, donate: bool = True):
-  """jit(state, g_params, w_avg, real, key) -> (state, metrics); inputs drawn inside."""
-  import jax  # noqa: PLC0415
-
-  from l4f_jax.method import step as S  # noqa: PLC0415
-
-  def fn(state, g_params, w_avg, real, key):
-    inputs = S.sample_inputs(jax.random.fold_in(key, state.step), batch, models.generator,
-                             real.dtype)
-    return S.train_step(state, g_params, w_avg, real, inputs, models=models, cfg=cfg, do_r1=do_r1)
-  return jax.jit(fn, donate_argnums=0 if donate else ())
-
-
-def bench_iteration(args: Args) -> list[Result]:
-  """Labels4Free iteration it/s: JAX train_step and the torch official_iteration, interleaved."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-  import torch  # noqa: PLC0415
-
-  from l4f_jax.method import step as S  # noqa: PLC0415
-  from l4f_jax.reference import torch_labels4free as tl  # noqa: PLC0415
-
-  c = args.model_config()
-  if c.batch % c.devices or (c.batch // c.devices) % min(c.batch // c.devices, 4):
-    raise BenchmarkError(f"--batch={c.batch} must split into --devices={c.devices} chunks whose "
-                         "size is a multiple of min(chunk, 4)")
-  m = _build_iteration(c, args)
-  models, cfg, k = m["models"], m["cfg"], m["cfg"].d_reg_every
-  real_np = np.clip(0.5 * np.random.default_rng(0).standard_normal(
-      (c.batch, c.size, c.size, 3)), -1, 1).astype(np.float32)
-
-  # JAX: one compiled program per kind of iteration, the state threaded through (donated).
-  g_params, w_avg = jax.device_put(m["g_params"]), jnp.asarray(m["w_avg"].numpy())
-  real, key = jnp.asarray(real_np), jax.random.PRNGKey(0)
-  state = S.init_state(cfg, models, jax.device_put(m["a_params"]), jax.device_put(m["d_params"]))
-  compiled, compile_s, flops = {}, {}, {}
-  for r1 in (False, True):
-    t = time.perf_counter()
-    compiled[r1] = _jax_step(models, cfg, c.batch, r1).lower(state, g_params, w_avg, real,
-                                                            key).compile()
-    compile_s[r1], flops[r1] = time.perf_counter() - t, _flops(compiled[r1])
-  box = [state]
-
-  def jax_iter(r1):
-    def run():
-      box[0], _ = compiled[r1](box[0], g_params, w_avg, real, key)
-      jax.block_until_ready(box[0])
-    return run
-
-  fns = [jax_iter(False), jax_iter(True)]
-  dtype_note = args.compute_dtype
-  names = [_jax_name(f"jit, donated, non-fused, {dtype_note}")]
-  if args.torch:
-    dev = _torch_device(args)
-    tg, td, ta = m["tg"].to(dev), m["td"].to(dev), m["ta"].to(dev)
-    opt_a, opt_d = tl.make_optimizers(ta, td, cfg.lr, cfg.g_reg_every, cfg.d_reg_every)
-    treal = torch.from_numpy(np.ascontiguousarray(real_np.transpose(0, 3, 1, 2))).to(dev)
-    tcfg = dict(truncation=cfg.truncation, mean_latent=m["w_avg"].to(dev), r1=cfg.r1,
-                d_reg_every=k, n_devices=c.devices)
-    shapes = [(c.batch, 1, 2 ** ((j + 5) // 2), 2 ** ((j + 5) // 2)) for j in range(tg.num_layers)]
-
-    def torch_iter(r1):
-      def run():
-        rnd = lambda s: torch.randn(*s, device=dev)
-        noise = lambda: [rnd(s) for s in shapes]
-        inputs = dict(z_d=rnd((c.batch, c.style_dim)), noise_fg_d=noise(), noise_bg_d=noise(),
-                      z_a=rnd((c.batch, c.style_dim)), noise_fg_a=noise(), noise_bg_a=noise())
-        tl.official_iteration(0 if r1 else 1, tg, ta, td, opt_a, opt_d, treal, inputs, tcfg)
-        _torch_sync(dev)
-      return run
-    for n in _torch_thread_variants(args, dev):
-      fns += [_with_threads(n, torch_iter(False)), _with_threads(n, torch_iter(True))]
-      names.append(_torch_name(dev, "official_iteration, fused", n))
-  for fn in fns:
-    fn()  # warm-up
-  # round-robin: all plain iterations, then all R1 iterations (so that load drifts hit all alike)
-  order = list(range(0, len(fns), 2)) + list(range(1, len(fns), 2))
-  secs = _time_interleaved([fns[i] for i in order], args.repeats)
-  secs = [secs[order.index(i)] for i in range(len(fns))]
-
-  results = []
-  amort = lambda p, r: [((k - 1) * a + b) / k for a, b in zip(p, r)]
-  amort_flops = (None if None in flops.values()
-                 else ((k - 1) * flops[False] + flops[True]) / k)
-  for j, name in enumerate(names):
-    plain, r1 = secs[2 * j], secs[2 * j + 1]
-    note = (f"[plain {statistics.median(plain) * 1e3:.0f} ms, R1 {statistics.median(r1) * 1e3:.0f}"
-            f" ms; amortised over d_reg_every={k}]")
-    comp = compile_s[False] + compile_s[True] if j == 0 else None
-    results.append(Result(name, amort(plain, r1), 1, comp, note, "it/s", amort_flops))
-  if args.compute_dtype != "float32":
-    results[0].note += "\n    " + bf16_parity(m, c, real)
-  return results
-
-
-def bf16_parity(m: dict, c: Config, real) -> str:
-  """Max abs differences of one iteration's losses and alpha masks, bf16 vs float32 compute."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-
-  from l4f_jax.method import step as S  # noqa: PLC0415
-
-  models, w_avg = m["models"], jnp.asarray(m["w_avg"].numpy())
-  inputs = S.sample_inputs(jax.random.PRNGKey(7), c.batch, models.generator)
-  out = {}
-  for name, cfg in (("f32", dataclasses.replace(m["cfg"], compute_dtype=None)),
-                    ("bf16", dataclasses.replace(m["cfg"], compute_dtype="bfloat16"))):
-    state = S.init_state(cfg, models, m["a_params"], m["d_params"])
-    step = jax.jit(S.train_step, static_argnames=("models", "cfg", "do_r1", "axis_name"))
-    _, metrics = step(state, m["g_params"], w_avg, real, inputs, models=models, cfg=cfg, do_r1=True)
-    comp = jax.jit(S.composite, static_argnames=("models", "cfg"))
-    alpha = comp(m["g_params"], m["a_params"], w_avg, inputs.z_a, inputs.noise_fg_a,
-                 inputs.noise_bg_a, models=models, cfg=cfg)[1]
-    out[name] = (jax.device_get(metrics), np.asarray(alpha, np.float32))
-  losses = {k: abs(float(out["bf16"][0][k]) - float(out["f32"][0][k])) for k in out["f32"][0]}
-  worst = max(losses, key=losses.get)
-  alpha_diff = float(np.abs(out["bf16"][1] - out["f32"][1]).max())
-  return (f"bf16 parity vs float32 (one R1 iteration, same state and inputs): alpha max abs "
-          f"{alpha_diff:.2e}; losses max abs {losses[worst]:.2e} ({worst}); d_loss "
-          f"{losses['d_loss']:.2e}, a_loss {losses['a_loss']:.2e}, r1 {losses['r1']:.2e}")
-
-
-BENCHMARKS: dict[str, Callable[[Args], list[Result]]] = {
-    "generator": bench_generator,
-    "iteration": bench_iteration,
-}
-
-
-def report(what: str, args: Args, results: list[Result]) -> list[str]:
-  """Formats results as printed lines; with two results, adds the first/second throughput ratio."""
-  c = args.model_config()
-  if args.config is not None:
-    desc = (f"config {args.config_name} ({c.size} px, style {c.style_dim}, mlp {c.n_mlp}, "
-            f"channels {_channels(c)}), batch {c.batch}")
-    if what == "iteration":
-      desc += f" = {c.devices} emulated devices x {c.batch // c.devices}"
-  else:
-    desc = f"size {args.size}, channel_multiplier {args.channel_multiplier}, batch {args.batch}"
-  lines = [f"{what}: {desc}, median of {args.repeats}; {load()}"]
-  for r in results:
-    comp = f", compile {r.compile_s:.1f} s" if r.compile_s is not None else ""
-    fl = f", {r.flops / r.median / 1e9:.1f} GFLOP/s" if r.flops else ""
-    lines.append(f"  {r.name}: {r.median * 1e3:.1f} ms/call, {r.rate:.3g} {r.unit}{fl}{comp}"
-                 f"{' ' + r.note if r.note else ''}")
-  if results and results[0].flops:
-    unit = "iteration (amortised)" if what == "iteration" else "call"
-    lines.append(f"  FLOPs per {unit}: {results[0].flops / 1e9:.2f} GFLOP (XLA cost analysis)")
-    import jax  # noqa: PLC0415
-    kind = jax.devices()[0].device_kind
-    peak = peak_tflops(kind, args.compute_dtype)
-    if peak:
-      frac = results[0].flops / results[0].median / (peak * 1e12)
-      label = "bf16" if args.compute_dtype == "bfloat16" else "TF32"
-      lines.append(f"  JAX at {100 * frac:.1f}% of the {kind} dense {label} peak ({peak:.0f} TFLOP/s)")
-  if what == "iteration":
-    k = 16  # L4FConfig.d_reg_every
-    ana = ((k - 1) * iteration_flops(c, False) + iteration_flops(c, True)) / k
-    lines.append(f"  FLOPs per iteration, analytic: {ana / 1e9:.2f} GFLOP (G fwd "
-                 f"{2 * generator_macs(c) / 1e9:.3f}, D fwd {2 * discriminator_macs(c) / 1e9:.3f} "
-                 "GFLOP per image)")
-  elif what == "generator":
-    lines.append(f"  G forward, analytic: {2 * generator_macs(c) / 1e9:.3f} GFLOP per image")
-  if len(results) >= 2:
-    best = min(results[1:], key=lambda r: r.median)
-    ratio = results[0].median / best.median
-    lines.append(f"  ratio jax/torch time: {ratio:.3f} (jax {1 / ratio:.2f}x the throughput of the "
-                 f"fastest torch, {best.name.split(';')[0]}); {load()}")
-  return lines
-
-
-def _channels(c: Config) -> str:
-  from l4f_jax.models.stylegan2 import channel_table  # noqa: PLC0415
-  ch = channel_table(c.size, c.channel_multiplier, c.channel_base, c.channel_max)
-  return "/".join(str(ch[r]) for r in sorted(ch))
-
-
+@cli.main("benchmark")
 def main(argv):
-  try:
-    if len(argv) > 1:
-      raise BenchmarkError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-    whats = sorted(BENCHMARKS) if _WHAT.value == "all" else _WHAT.value.split(",")
-    for w in whats:
-      if w not in BENCHMARKS:
-        raise BenchmarkError(f"--what={w} is unknown; choose from {sorted(BENCHMARKS)} or all")
-    name = _CONFIG.value or ("cpu" if "iteration" in whats else None)
-    if name is not None and name not in CONFIGS:
-      raise BenchmarkError(f"--config={name} is unknown; choose one of {sorted(CONFIGS)}")
-    config = CONFIGS[name] if name else None
-    if config is not None and _DEVICES.value:
-      config = dataclasses.replace(config, devices=_DEVICES.value)
-    size = config.size if config else _SIZE.value
-    if size < 8 or size & (size - 1):
-      raise BenchmarkError(f"--size={size} must be a power of two >= 8")
-    batch = _BATCH.value or (config.batch if config else 4)
-    if batch < 1 or _REPEATS.value < 1:
-      raise BenchmarkError("--batch and --repeats must be >= 1")
-    if not _TORCH_THREADS.value or not all(n.isdigit() for n in _TORCH_THREADS.value):
-      raise BenchmarkError(f"--torch_threads={_TORCH_THREADS.value} must be integers >= 0")
-    if _CHANNEL_MULTIPLIER.value not in (1, 2):
-      raise BenchmarkError(f"--channel_multiplier={_CHANNEL_MULTIPLIER.value} must be 1 or 2")
-  except BenchmarkError as e:
-    sys.exit(f"benchmark: error: {e}")
+  del argv
+  whats = sorted(BENCHMARKS) if _WHAT.value == "all" else _WHAT.value.split(",")
+  for w in whats:
+    if w not in BENCHMARKS:
+      raise UserError(f"--what={w} is unknown; choose from {sorted(BENCHMARKS)} or all")
+  name = _CONFIG.value or ("cpu" if "iteration" in whats else None)
+  if name is not None and name not in CONFIGS:
+    raise UserError(f"--config={name} is unknown; choose one of {sorted(CONFIGS)}")
+  config = CONFIGS[name] if name else None
+  if config is not None and _DEVICES.value:
+    config = dataclasses.replace(config, devices=_DEVICES.value)
+  size = config.size if config else _SIZE.value
+  if size < 8 or size & (size - 1):
+    raise UserError(f"--size={size} must be a power of two >= 8")
+  batch = _BATCH.value or (config.batch if config else 4)
+  if batch < 1 or _REPEATS.value < 1:
+    raise UserError("--batch and --repeats must be >= 1")
+  if not _TORCH_THREADS.value or not all(n.isdigit() for n in _TORCH_THREADS.value):
+    raise UserError(f"--torch_threads={_TORCH_THREADS.value} must be integers >= 0")
+  if _CHANNEL_MULTIPLIER.value not in (1, 2):
+    raise UserError(f"--channel_multiplier={_CHANNEL_MULTIPLIER.value} must be 1 or 2")
   if _XLA_FLAGS.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _XLA_FLAGS.value).strip()
   args = Args(size, batch, _REPEATS.value, _CHANNEL_MULTIPLIER.value, _TORCH.value,
@@ -493,11 +97,7 @@ def main(argv):
               _TORCH_DEVICE.value, _COMPUTE_DTYPE.value)
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {load()}", flush=True)
   for w in whats:
-    try:
-      results = BENCHMARKS[w](args)
-    except BenchmarkError as e:
-      sys.exit(f"benchmark: error: {e}")
-    for line in report(w, args, results):
+    for line in report(w, args, BENCHMARKS[w](args)):
       print(line, flush=True)
 
 

@@ -13,12 +13,11 @@ it only for files you trust (training checkpoints need it for their argparse 'ar
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
+from l4f_jax.system import cli
 from l4f_jax.system.convert import convert_file
-from l4f_jax.system.weights import WeightsError
+from l4f_jax.system.errors import UserError
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pt) to convert.")
 _DST = flags.DEFINE_string("dst", None, "Output weight directory (must not exist).")
@@ -29,16 +28,13 @@ _SIZE = flags.DEFINE_integer("size", None, "Generator size, only for alpha-only 
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing weight directory at --dst.")
 
 
+@cli.main("convert")
 def main(argv):
-  try:
-    if len(argv) > 1:
-      raise WeightsError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-    if not _SRC.value or not _DST.value:
-      raise WeightsError("--src=<checkpoint.pt> and --dst=<new directory> are required")
-    convert_file(_SRC.value, _DST.value, _ALLOW_PICKLE.value, _LR_MLP.value, _SIZE.value,
-                 _OVERWRITE.value)
-  except WeightsError as e:
-    sys.exit(f"convert: error: {e}")
+  del argv
+  if not _SRC.value or not _DST.value:
+    raise UserError("--src=<checkpoint.pt> and --dst=<new directory> are required")
+  convert_file(_SRC.value, _DST.value, _ALLOW_PICKLE.value, _LR_MLP.value, _SIZE.value,
+               _OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ An already prepared dataset is reused.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from absl import app, flags, logging
+
+from l4f_jax.system import cli
+from l4f_jax.system.errors import UserError
 
 _SRC = flags.DEFINE_string("src", None, "Folder of images (searched recursively), or 'shapes'.")
 _NAME = flags.DEFINE_string("name", None, "Dataset name (directory under --data_dir); "
@@ -25,14 +27,9 @@ _NUM = flags.DEFINE_integer("num_examples", 4096, "Number of l4f_shapes examples
 _SEED = flags.DEFINE_integer("seed", 0, "l4f_shapes seed.")
 
 
-def _fail(msg: str) -> None:
-  print(f"prepare_data: error: {msg}", file=sys.stderr)
-  sys.exit(2)
-
-
+@cli.main("prepare_data")
 def main(argv):
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}; use --src, --name, --size")
+  del argv
   from l4f_jax.datasets import image_folder, shapes  # pylint: disable=import-outside-toplevel
   t0 = time.time()
   if _SYNTHETIC.value or _SRC.value == "shapes":
@@ -43,19 +40,19 @@ def main(argv):
       path = shapes.prepare_shapes(_DATA_DIR.value, size=size, num_examples=_NUM.value,
                                    seed=_SEED.value)
     except ValueError as e:
-      _fail(str(e))
+      raise UserError(str(e)) from None
     print(f"l4f_shapes: {_NUM.value} images at {size}px in {path} ({time.time() - t0:.1f} s)")
   else:
     if not _SRC.value:
-      _fail("--src is required: a folder of images, or --src=shapes")
+      raise UserError("--src is required: a folder of images, or --src=shapes")
     if not _NAME.value:
-      _fail("--name is required for an image folder, e.g. --name=ffhq")
+      raise UserError("--name is required for an image folder, e.g. --name=ffhq")
     if not _SIZE.value:
-      _fail("--size is required for an image folder, e.g. --size=256")
+      raise UserError("--size is required for an image folder, e.g. --size=256")
     try:
       r = image_folder.prepare_image_folder(_SRC.value, _DATA_DIR.value, _NAME.value, _SIZE.value)
     except (ValueError, FileNotFoundError) as e:
-      _fail(str(e))
+      raise UserError(str(e)) from None
     path = r["path"]
     verb = "already prepared" if r["reused"] else "written"
     print(f"{_NAME.value}: {r['written']} images {verb}, {r['skipped']} unreadable skipped, "

@@ -14,13 +14,15 @@ Every default lives once, in a dataclass field:
 
 `option(default, help, flag=..., choices=..., gt/ge/le/lt=...)` adds the help text, the flag name
 (default: the field name; `flag=None` keeps a field out of the flags, e.g. a value derived at run
-time) and value checks. `validate` runs the checks and raises one-line UserErrors naming the flag;
+time) and value checks. A nested config's fields are flags too; `nested(Cls, prefix="student_")`
+prefixes their names, so one program can hold several stages' configs. `validate` runs the checks and raises one-line UserErrors naming the flag;
 floats must be finite (`--lr=nan` is refused). `to_dict` is what a run stores in flags.json.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import typing
 from typing import Any
 
@@ -49,15 +51,23 @@ def _base_type(tp):
   return tp
 
 
-def _fields(cls, prefix=""):
+def nested(cls, *, prefix: str = "", flags: bool = True):
+  """A field holding a nested config `cls()`; its flags get `prefix` (e.g. 'student_'), or none
+  at all with flags=False (a stage whose options the enclosing program derives)."""
+  return dataclasses.field(default_factory=cls, metadata=dict(prefix=prefix, flags=flags))
+
+
+def _fields(cls, prefix="", flag_prefix="", flags_on=True):
   """Yields (path, flag name or None, field, base type) for every leaf field, nested included."""
   hints = typing.get_type_hints(cls)
   for f in dataclasses.fields(cls):
     tp = _base_type(hints[f.name])
     if dataclasses.is_dataclass(tp):
-      yield from _fields(tp, prefix + f.name + ".")
+      yield from _fields(tp, prefix + f.name + ".", flag_prefix + f.metadata.get("prefix", ""),
+                         flags_on and f.metadata.get("flags", True))
       continue
-    yield prefix + f.name, f.metadata.get("flag", f.name), f, tp
+    name = f.metadata.get("flag", f.name)
+    yield prefix + f.name, (flag_prefix + name if name is not None and flags_on else None), f, tp
 
 
 def flag_names(cls) -> dict[str, str]:
@@ -65,8 +75,16 @@ def flag_names(cls) -> dict[str, str]:
   return {path: name for path, name, _, _ in _fields(cls) if name is not None}
 
 
+def calling_module(depth: int = 2) -> str:
+  """The module that called the caller, named as absl names it (the script is sys.argv[0]), so
+  that flags defined on its behalf are its own: its --help lists them."""
+  name = sys._getframe(depth).f_globals.get("__name__")
+  return sys.argv[0] if name == "__main__" else name
+
+
 def define_flags(cls, flag_values=flags.FLAGS, skip=()) -> None:
   """Defines one absl flag per (nested) field of `cls`, with the field's default and help."""
+  module_name = calling_module()
   defaults = to_dict(cls())
   for path, name, f, tp in _fields(cls):
     if name is None or name in skip or name in flag_values:
@@ -75,15 +93,15 @@ def define_flags(cls, flag_values=flags.FLAGS, skip=()) -> None:
     help_ = f.metadata.get("help") or f"{path} (see {cls.__name__})."
     choices = f.metadata.get("choices")
     if choices:
-      flags.DEFINE_enum(name, default, list(choices), help_, flag_values=flag_values)
+      flags.DEFINE_enum(name, default, list(choices), help_, flag_values=flag_values, module_name=module_name)
     elif tp is bool:
-      flags.DEFINE_bool(name, default, help_, flag_values=flag_values)
+      flags.DEFINE_bool(name, default, help_, flag_values=flag_values, module_name=module_name)
     elif tp is int:
-      flags.DEFINE_integer(name, default, help_, flag_values=flag_values)
+      flags.DEFINE_integer(name, default, help_, flag_values=flag_values, module_name=module_name)
     elif tp is float:
-      flags.DEFINE_float(name, default, help_, flag_values=flag_values)
+      flags.DEFINE_float(name, default, help_, flag_values=flag_values, module_name=module_name)
     elif tp is str:
-      flags.DEFINE_string(name, default, help_, flag_values=flag_values)
+      flags.DEFINE_string(name, default, help_, flag_values=flag_values, module_name=module_name)
     else:
       raise TypeError(f"{cls.__name__}.{path}: unsupported flag type {tp}")
 

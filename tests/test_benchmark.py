@@ -47,5 +47,6 @@ def test_bad_flags_exit_with_one_line(flag, message):
   proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", flag], cwd=ROOT,
                         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
                         timeout=120)
-  assert proc.returncode != 0
-  assert message in proc.stderr, proc.stderr
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("benchmark: error:")]
+  assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -13,6 +13,7 @@ import torch
 from l4f_jax.system.convert import convert_file
 from l4f_jax.models.alpha import AlphaNetwork, alpha_levels
 from l4f_jax.system import convert as conv
+from l4f_jax.system.errors import UserError
 from l4f_jax.system.weights import (WeightsError, generator_from_config, load_weights,
                                     save_weights)
 from l4f_jax.reference import torch_labels4free as ref_l4f
@@ -57,7 +58,7 @@ def _one_line(e):
 def test_missing_key_is_named(tiny_g):
   sd = dict(tiny_g.state_dict())
   del sd["convs.1.conv.modulation.bias"]
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_generator(sd)
   msg = _one_line(e)
   assert "missing key 'convs.1.conv.modulation.bias'" in msg and "[16]" in msg
@@ -66,7 +67,7 @@ def test_missing_key_is_named(tiny_g):
 def test_renamed_key_is_named(tiny_g):
   sd = dict(tiny_g.state_dict())
   sd["to_rgb1.biass"] = sd.pop("to_rgb1.bias")
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_generator(sd)
   assert "missing key 'to_rgb1.bias'" in _one_line(e)
 
@@ -74,7 +75,7 @@ def test_renamed_key_is_named(tiny_g):
 def test_unexpected_key_is_named(tiny_g):
   sd = dict(tiny_g.state_dict())
   sd["convs.1.extra.weight"] = torch.zeros(3)
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_generator(sd)
   msg = _one_line(e)
   assert "unexpected key 'convs.1.extra.weight'" in msg and "[3]" in msg
@@ -83,7 +84,7 @@ def test_unexpected_key_is_named(tiny_g):
 def test_wrong_shape_names_key_and_both_shapes(tiny_g):
   sd = dict(tiny_g.state_dict())
   sd["convs.2.activate.bias"] = torch.zeros(5)
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_generator(sd)
   msg = _one_line(e)
   assert "'convs.2.activate.bias'" in msg and "[5]" in msg and "[16]" in msg
@@ -93,11 +94,11 @@ def test_discriminator_wrong_shape(tmp_path):
   torch.manual_seed(0)
   sd = dict(ref.Discriminator(32, channel_base=512, channel_max=16).state_dict())
   sd["final_linear.0.weight"] = torch.zeros(16, 100)
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_discriminator(sd, 32)
   msg = _one_line(e)
   assert "'final_linear.0.weight'" in msg and "[16, 100]" in msg and "[16, 256]" in msg
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_discriminator(sd, 64)
   assert "64 px" in _one_line(e)
 
@@ -107,7 +108,7 @@ def test_channel_tables():
       channel_multiplier=1, channel_base=None, channel_max=512)
   assert conv.channel_fields({4: 64, 8: 64, 16: 32, 32: 16}, 32) == dict(
       channel_multiplier=None, channel_base=512, channel_max=64)
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.channel_fields({4: 64, 8: 100, 16: 32}, 16)
   assert "cannot be represented" in _one_line(e)
 
@@ -132,16 +133,16 @@ def test_not_a_checkpoint(tmp_path):
   bad = tmp_path / "notes.pt"
   bad.write_text("hello, not a checkpoint\n")
   dst = str(tmp_path / "out")
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     convert_file(str(bad), dst, log=lambda s: None)
   assert "is not a PyTorch checkpoint" in _one_line(e)
   _assert_clean(dst)
   tensor = tmp_path / "tensor.pt"
   torch.save(torch.ones(3), tensor)
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     convert_file(str(tensor), dst, log=lambda s: None)
   assert "not a checkpoint dict" in _one_line(e)
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     convert_file(str(tmp_path / "missing.pt"), dst, log=lambda s: None)
   assert "does not exist" in _one_line(e)
   _assert_clean(dst)
@@ -153,7 +154,7 @@ def test_bad_state_dict_leaves_nothing(tmp_path, tiny_g):
   src = tmp_path / "bad.pt"
   torch.save({"g_ema": sd}, src)
   dst = str(tmp_path / "out")
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     convert_file(str(src), dst, log=lambda s: None)
   assert "'conv1.conv.weight'" in _one_line(e) and "[1, 16, 16, 3, 2]" in str(e.value)
   _assert_clean(dst)
@@ -186,7 +187,7 @@ def test_pickled_args_need_allow_pickle(tmp_path, tiny_g):
   src = tmp_path / "train.pt"
   torch.save({"g_ema": tiny_g.state_dict(), "args": argparse.Namespace(size=32)}, src)
   dst = str(tmp_path / "out")
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     convert_file(str(src), dst, log=lambda s: None)
   msg = _one_line(e)
   assert "--allow_pickle" in msg and "argparse.Namespace" in msg
@@ -305,12 +306,12 @@ def test_alpha_errors_use_the_files_names(tiny_g):
   _, nonrepro = _alpha_nets(32, tiny_g.channels, seed=3)
   sd = {f"module.{k}": v for k, v in nonrepro.state_dict().items()}
   sd["module.conv_merge_fns.0.weight"] = torch.zeros(6, 11, 1, 1)
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_alpha(sd, {"size": 32, "channel_base": 512, "channel_max": 16})
   msg = _one_line(e)
   assert "'conv_merge_fns.0.weight'" in msg and "[6, 11, 1, 1]" in msg and "[6, 12, 1, 1]" in msg
   del sd["module.conv_fns1.2.bias"]
-  with pytest.raises(conv.ConvertError) as e:
+  with pytest.raises(UserError) as e:
     conv.convert_alpha(sd, {"size": 32, "channel_base": 512, "channel_max": 16})
   assert "missing key 'conv_fns1.2.bias'" in _one_line(e)
 
@@ -322,7 +323,7 @@ def test_alpha_only_size_inference():
   assert info["size"] == 256 and info["channel_multiplier"] == 2
   _check_alpha(params, repro, 256, ch)
   big, _ = _alpha_nets(1024, ref.stylegan2_channels(1024, 2), seed=0)
-  with pytest.raises(conv.ConvertError) as e:  # same widths as 512 px with channel_multiplier 1
+  with pytest.raises(UserError) as e:  # same widths as 512 px with channel_multiplier 1
     conv.convert_alpha(big.state_dict())
   assert "--size" in _one_line(e) and "[512, 1024]" in str(e.value)
   assert conv.convert_alpha(big.state_dict(), size=1024)[0]["size"] == 1024
@@ -364,7 +365,8 @@ def test_cli_reports_what_it_found_and_fails_in_one_line(tmp_path, tiny_g):
 def test_sample_writes_official_outputs(tmp_path, tiny_g):
   from PIL import Image
 
-  from l4f_jax.system.sampling import SampleError, sample
+  from l4f_jax.config import resolve
+  from l4f_jax.system.sampling import SampleConfig, sample
 
   repro, _ = _alpha_nets(32, tiny_g.channels, seed=3)
   src = str(tmp_path / "l4f.pt")
@@ -372,13 +374,15 @@ def test_sample_writes_official_outputs(tmp_path, tiny_g):
   wdir = str(tmp_path / "w")
   convert_file(src, wdir, allow_pickle=True, log=lambda s: None)
   out = str(tmp_path / "samples")
-  paths = sample(wdir, out, n=3, truncation=0.5, batch=2, background=True, alpha_dir=wdir,
-                 grid_cols=2)
+  paths = sample(resolve(SampleConfig, generator=wdir, out=out, n=3, truncation=0.5, batch=2,
+                         background=True, alpha=wdir, grid_cols=2))
   names = sorted(os.path.basename(p) for p in paths)
   assert names[:3] == ["000000_alpha_mask.png", "000000_background.png", "000000_composite.png"]
   assert {"images.png", "backgrounds.png", "alpha_grid.png", "000002_hard_mask.png"} <= set(names)
   hard = np.asarray(Image.open(os.path.join(out, "000001_hard_mask.png")))
   assert hard.shape == (32, 32) and set(np.unique(hard)) <= {0, 255}
-  with pytest.raises(SampleError) as e:  # official Labels4Free files carry no latent_avg
-    sample(wdir, str(tmp_path / "again"), use_latent_avg=True)
+  with pytest.raises(UserError) as e:  # official Labels4Free files carry no latent_avg
+    sample(resolve(SampleConfig, generator=wdir, out=str(tmp_path / "again"),
+                   use_latent_avg=True))
   assert "latent_avg" in _one_line(e)
+  _assert_clean(str(tmp_path / "again"))

@@ -21,12 +21,14 @@ from l4f_jax.system import errors
 def define_distributed_flags(flag_values=flags.FLAGS) -> None:
   """--coordinator_address / --num_processes / --process_id (GPU hosts; TPU pods, SLURM and Open
   MPI need none: they are detected)."""
+  from l4f_jax.config import calling_module  # pylint: disable=import-outside-toplevel
+  kw = dict(flag_values=flag_values, module_name=calling_module())
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU hosts; TPU pods, "
-                      "SLURM and Open MPI need none).", flag_values=flag_values)
+                      "SLURM and Open MPI need none).", **kw)
   flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).",
-                       flag_values=flag_values)
+                       **kw)
   flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).",
-                       flag_values=flag_values)
+                       **kw)
 
 
 def init_distributed(flag_values=flags.FLAGS) -> None:

@@ -1,7 +1,7 @@
 """PyTorch state_dicts (rosinality StyleGAN2, official Labels4Free) -> Flax parameter trees.
 
 Every expected key is checked against the shape implied by the inferred config; missing, misshapen
-and unexpected keys raise `ConvertError` with one line naming the key. Known buffers (blur and
+and unexpected keys raise a `UserError` with one line naming the key. Known buffers (blur and
 upsample kernels) are ignored; the generator's stored noise buffers are returned separately.
 torch is imported lazily, inside `load_torch_checkpoint` only: the JAX side never needs it.
 
@@ -21,13 +21,9 @@ import numpy as np
 from l4f_jax.models.alpha import alpha_levels, merge_names
 from l4f_jax.models.stylegan2 import channel_table, noise_shapes, num_layers
 from l4f_jax.system import weights
-from l4f_jax.system.weights import WeightsError
+from l4f_jax.system.errors import UserError
 
 ALLOW_PICKLE_HINT = "rerun with --allow_pickle (only for files you trust: it can execute code)"
-
-
-class ConvertError(WeightsError):
-  """A one-line conversion error naming the key / file and how to fix it."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -41,25 +37,25 @@ def load_torch_checkpoint(path: str, allow_pickle: bool = False) -> dict:
   import torch  # noqa: PLC0415  (lazy: only conversion needs torch)
 
   if not os.path.exists(path):
-    raise ConvertError(f"--src {path} does not exist")
+    raise UserError(f"--src {path} does not exist")
   if os.path.isdir(path):
-    raise ConvertError(f"--src {path} is a directory; pass a PyTorch checkpoint file (.pt)")
+    raise UserError(f"--src {path} is a directory; pass a PyTorch checkpoint file (.pt)")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
   except pickle.UnpicklingError as e:
     msg = str(e)
     glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
     if glob and not allow_pickle:
-      raise ConvertError(f"{path} contains pickled Python objects ({glob.group(1)}, e.g. the "
-                         f"training 'args'); {ALLOW_PICKLE_HINT}") from None
-    raise ConvertError(f"{path} is not a PyTorch checkpoint ({_first_line(msg)})") from None
+      raise UserError(f"{path} contains pickled Python objects ({glob.group(1)}, e.g. the "
+                      f"training 'args'); {ALLOW_PICKLE_HINT}") from None
+    raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(msg)})") from None
   except (RuntimeError, EOFError, KeyError, ValueError, TypeError, AttributeError, ImportError,
           OSError) as e:
-    raise ConvertError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
-                       f"{_first_line(str(e))})") from None
+    raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
+                    f"{_first_line(str(e))})") from None
   if not isinstance(obj, dict):
-    raise ConvertError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict with "
-                       f"'g_ema' / 'g' / 'd' / 'bg_extractor_ema'")
+    raise UserError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict with "
+                    f"'g_ema' / 'g' / 'd' / 'bg_extractor_ema'")
   return obj
 
 
@@ -110,21 +106,21 @@ def _apply_layout(sd: dict, layout: Layout, what: str, ignore: Callable[[str], b
   if missing:
     k = missing[0]
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-    raise ConvertError(f"{what}: missing key '{name(k)}' (expected shape "
-                       f"{list(layout[k][0])}){more}")
+    raise UserError(f"{what}: missing key '{name(k)}' (expected shape "
+                    f"{list(layout[k][0])}){more}")
   unexpected = [k for k in sd if k not in layout and not ignore(k)]
   if unexpected:
     k = unexpected[0]
     more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-    raise ConvertError(f"{what}: unexpected key '{name(k)}' with shape {_shape(sd[k])}{more}; "
-                       f"the inferred config does not use it")
+    raise UserError(f"{what}: unexpected key '{name(k)}' with shape {_shape(sd[k])}{more}; "
+                    f"the inferred config does not use it")
   tree, extra = {}, {}
   for k, (shape, path, kind) in layout.items():
     if k not in sd:
       continue
     if tuple(_shape(sd[k])) != tuple(shape):
-      raise ConvertError(f"{what}: key '{name(k)}' has shape {_shape(sd[k])}, the inferred config "
-                         f"expects {list(shape)}")
+      raise UserError(f"{what}: key '{name(k)}' has shape {_shape(sd[k])}, the inferred config "
+                      f"expects {list(shape)}")
     arr = _T[kind](to_numpy(sd[k]))
     if optional(k):
       extra[k] = arr
@@ -240,9 +236,9 @@ def channel_fields(ch: dict[int, int], size: int, what: str = "state_dict") -> d
   if lo <= hi and channel_table(size, channel_base=lo, channel_max=cmax) == ch:
     return dict(channel_multiplier=None, channel_base=int(lo), channel_max=int(cmax))
   table = ", ".join(f"{r}: {c}" for r, c in sorted(ch.items()))
-  raise ConvertError(f"{what}: channel table {{{table}}} is neither rosinality's "
-                     f"(channel_multiplier 1 or 2) nor min(channel_base // res, channel_max); it "
-                     f"cannot be represented")
+  raise UserError(f"{what}: channel table {{{table}}} is neither rosinality's "
+                  f"(channel_multiplier 1 or 2) nor min(channel_base // res, channel_max); it "
+                  f"cannot be represented")
 
 
 def _table(fields: dict, size: int) -> dict[int, int]:
@@ -252,10 +248,10 @@ def _table(fields: dict, size: int) -> dict[int, int]:
 
 def _need(sd: dict, key: str, what: str, ndim: int):
   if key not in sd:
-    raise ConvertError(f"{what}: missing key '{key}'; is this the right state_dict?")
+    raise UserError(f"{what}: missing key '{key}'; is this the right state_dict?")
   shape = _shape(sd[key])
   if len(shape) != ndim:
-    raise ConvertError(f"{what}: key '{key}' has shape {shape}, expected {ndim} dimensions")
+    raise UserError(f"{what}: key '{key}' has shape {shape}, expected {ndim} dimensions")
   return shape
 
 
@@ -268,8 +264,8 @@ def convert_generator(sd: dict, what: str = "generator") -> tuple[dict, dict, Op
   sd = strip_prefix(sd)
   rgbs = _count(sd, r"to_rgbs\.(\d+)\.bias")
   if not rgbs:
-    raise ConvertError(f"{what}: no 'to_rgbs.*' keys; not a rosinality StyleGAN2 generator "
-                       f"state_dict (keys start {sorted(sd)[:3]})")
+    raise UserError(f"{what}: no 'to_rgbs.*' keys; not a rosinality StyleGAN2 generator "
+                    f"state_dict (keys start {sorted(sd)[:3]})")
   size = 2 ** (len(rgbs) + 2)
   style_dim = _need(sd, "style.1.weight", what, 2)[0]
   n_mlp = len(_count(sd, r"style\.(\d+)\.weight"))
@@ -286,7 +282,7 @@ def convert_generator(sd: dict, what: str = "generator") -> tuple[dict, dict, Op
     keys = [f"noises.noise_{j}" for j in range(num_layers(size))]
     absent = [k for k in keys if k not in extra]
     if absent:
-      raise ConvertError(f"{what}: missing key '{absent[0]}' (the other noise buffers are present)")
+      raise UserError(f"{what}: missing key '{absent[0]}' (the other noise buffers are present)")
     noises = [extra[k] for k in keys]
   return fields, params, noises
 
@@ -300,11 +296,11 @@ def convert_discriminator(sd: dict, size: Optional[int] = None,
   if size is None:
     size = inferred
   if not blocks or blocks != list(range(1, len(blocks) + 1)):
-    raise ConvertError(f"{what}: no 'convs.N.conv1.0.weight' residual blocks; not a rosinality "
-                       f"StyleGAN2 discriminator state_dict")
+    raise UserError(f"{what}: no 'convs.N.conv1.0.weight' residual blocks; not a rosinality "
+                    f"StyleGAN2 discriminator state_dict")
   if inferred != size:
-    raise ConvertError(f"{what}: has {len(blocks)} residual blocks ({inferred} px) but the "
-                       f"generator is {size} px")
+    raise UserError(f"{what}: has {len(blocks)} residual blocks ({inferred} px) but the "
+                    f"generator is {size} px")
   ch = {size: _need(sd, "convs.0.0.weight", what, 4)[0],
         4: _need(sd, "final_conv.0.weight", what, 4)[0]}
   for n in range(1, len(blocks) + 1):
@@ -371,7 +367,7 @@ def convert_alpha(sd: dict, config: Optional[dict] = None, size: Optional[int] =
   for k, v in sd.items():
     r = nonrepro_to_repro(k)
     if r in mapped:
-      raise ConvertError(f"{what}: keys '{display[r]}' and '{k}' name the same parameter")
+      raise UserError(f"{what}: keys '{display[r]}' and '{k}' name the same parameter")
     mapped[r], display[r] = v, k
   n_first = len(_count(mapped, r"conv(\d+)\.weight")) // 2
   info = dict(names="bg_extractor" if nonrepro else "repro")
@@ -383,8 +379,8 @@ def convert_alpha(sd: dict, config: Optional[dict] = None, size: Optional[int] =
     if len({s for s, _ in cands}) != 1:
       sizes = sorted({s for s, _ in cands})
       hint = "pass --size" if sizes else "convert it together with its generator"
-      raise ConvertError(f"{what}: cannot infer the generator size and widths from the alpha "
-                         f"weights alone (candidates {sizes}); {hint}")
+      raise UserError(f"{what}: cannot infer the generator size and widths from the alpha "
+                      f"weights alone (candidates {sizes}); {hint}")
     size, fields = cands[0]
     ch = channel_table(size, fields["channel_multiplier"])
     info.update(fields)
@@ -392,7 +388,7 @@ def convert_alpha(sd: dict, config: Optional[dict] = None, size: Optional[int] =
   try:
     lay = alpha_layout(size, ch)
   except ValueError as e:
-    raise ConvertError(f"{what}: {e}") from None
+    raise UserError(f"{what}: {e}") from None
   rename = repro_to_nonrepro if nonrepro else (lambda k: k)
   params, _ = _apply_layout(mapped, lay, what, ignore=lambda k: False,
                             display={k: rename(k) for k in lay} | display)
@@ -436,7 +432,7 @@ def convert_checkpoint(ckpt: dict, lr_mlp: float = 0.01,
       continue
     fields, params, noises = convert_generator(_state_dict(ckpt, name), what=name)
     if config and fields != config:
-      raise ConvertError(f"'{name}' has config {fields}, but '{GENERATOR_KEYS[0]}' has {config}")
+      raise UserError(f"'{name}' has config {fields}, but '{GENERATOR_KEYS[0]}' has {config}")
     config = fields
     trees[name] = params
     if noises is not None and "noises" not in trees:
@@ -444,19 +440,19 @@ def convert_checkpoint(ckpt: dict, lr_mlp: float = 0.01,
   if config:
     config["lr_mlp"] = float(lr_mlp)
     if size is not None and size != config["size"]:
-      raise ConvertError(f"--size={size} but the generator is {config['size']} px; drop --size")
+      raise UserError(f"--size={size} but the generator is {config['size']} px; drop --size")
   if "d" in ckpt:
     fields, trees["d"] = convert_discriminator(_state_dict(ckpt, "d"),
                                                config.get("size", size), what="d")
     for k, v in fields.items():
       if config.get(k, v) != v:
-        raise ConvertError(f"'d' has {k}={v}, but the generator has {k}={config[k]}")
+        raise UserError(f"'d' has {k}={v}, but the generator has {k}={config[k]}")
       config.setdefault(k, v)
   if "latent_avg" in ckpt:
     w = to_numpy(ckpt["latent_avg"]).reshape(1, -1)
     if "style_dim" in config and w.shape[1] != config["style_dim"]:
-      raise ConvertError(f"'latent_avg' has shape {list(w.shape)}, expected "
-                         f"[1, {config['style_dim']}] (the generator's style_dim)")
+      raise UserError(f"'latent_avg' has shape {list(w.shape)}, expected "
+                      f"[1, {config['style_dim']}] (the generator's style_dim)")
     trees["latent_avg"] = w
   alpha_key = next((k for k in ALPHA_KEYS if k in ckpt), None)
   if alpha_key:
@@ -471,15 +467,15 @@ def convert_checkpoint(ckpt: dict, lr_mlp: float = 0.01,
     report.append(f"alpha <- '{alpha_key}' ({info['names']} names"
                   f"{', module. prefix stripped' if prefixed else ''})")
   if not trees:
-    raise ConvertError(f"no convertible entry: expected one of {list(known[:6])}, found "
-                       f"{sorted(ckpt)}")
+    raise UserError(f"no convertible entry: expected one of {list(known[:6])}, found "
+                    f"{sorted(ckpt)}")
   return config, trees, report
 
 
 def _state_dict(ckpt: dict, key: str) -> dict:
   sd = ckpt[key]
   if not isinstance(sd, dict):
-    raise ConvertError(f"'{key}' is a {type(sd).__name__}, not a state_dict")
+    raise UserError(f"'{key}' is a {type(sd).__name__}, not a state_dict")
   return sd
 
 
@@ -489,8 +485,8 @@ def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float =
   """Converts `src` into the weight directory `dst`; returns (config, trees). Logs via `log`."""
   dst = os.path.abspath(dst)
   if os.path.lexists(dst) and not overwrite:
-    raise weights.WeightsError(f"--dst {dst} already exists; choose a new --dst or pass "
-                               f"--overwrite")
+    raise UserError(f"--dst {dst} already exists; choose a new --dst or pass "
+                    f"--overwrite")
   ckpt = load_torch_checkpoint(src, allow_pickle=allow_pickle)
   config, trees, report = convert_checkpoint(ckpt, lr_mlp=lr_mlp, size=size)
   for line in report:

@@ -18,6 +18,7 @@ import threading
 import numpy as np
 
 _PERM_TAG, _FLIP_TAG = 0, 1
+MASK_KEYS = ("mask", "alpha")  # uint8 [H, W, 1] features returned as float32 in [0, 1]
 PREPARE_HINT = ("python -m experiments.prepare_data --src=<image folder> --name=<name> --size=<px> "
                 "(or --src=shapes)")
 
@@ -101,9 +102,9 @@ class Loader:
   """Deterministic per-host batches of a random-access source (see the module docstring).
 
   `batch(step)` returns {'image': float32 [b, H, W, 3] in [-1, 1], 'id': int64 [b],
-  'index': int64 [b] (record index), 'flip': bool [b]} plus 'mask' float32 [b, H, W, 1] in [0, 1]
-  when the source has masks; b = global_batch // process_count. `iterate(start)` prefetches in a
-  background thread.
+  'index': int64 [b] (record index), 'flip': bool [b]} plus 'mask' / 'alpha' float32
+  [b, H, W, 1] in [0, 1] when the source has them (MASK_KEYS); b = global_batch // process_count.
+  `iterate(start)` prefetches in a background thread.
   """
 
   def __init__(self, source, global_batch: int, seed: int = 0, process_index: int = 0,
@@ -146,10 +147,11 @@ class Loader:
     images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
     out = {"image": scale_images(images), "index": idx, "flip": flips,
            "id": np.asarray([r.get("id", -1) for r in records], np.int64)}
-    if "mask" in records[0]:
-      masks = np.stack([r["mask"] for r in records])
-      masks = np.where(flips[:, None, None, None], masks[:, :, ::-1], masks)
-      out["mask"] = masks.astype(np.float32) / np.float32(255.0)
+    for key in MASK_KEYS:  # per-pixel targets follow the image's flips, scaled to [0, 1]
+      if key in records[0]:
+        m = np.stack([r[key] for r in records])
+        m = np.where(flips[:, None, None, None], m[:, :, ::-1], m)
+        out[key] = m.astype(np.float32) / np.float32(255.0)
     return out
 
   def iterate(self, start_step: int = 0, prefetch: int = 2, num_steps: int | None = None):

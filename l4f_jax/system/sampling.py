@@ -1,88 +1,155 @@
 """Sampling a converted generator to pictures: image grids, G_bg grids and, with an alpha network,
-the official test_sample.py outputs (labels4free.md §12). `experiments/sample.py` is its CLI, whose
-docstring lists the files written.
+the official test_sample.py outputs (labels4free.md §12).
+
+  from l4f_jax.config import resolve
+  from l4f_jax.system.sampling import SampleConfig, sample
+  paths = sample(resolve(SampleConfig, generator="weights/ffhq", out="/tmp/samples", n=4))
+
+`experiments/sample.py` is its CLI (flags derived from SampleConfig), whose docstring lists the
+files written. The pictures are assembled in a temporary folder next to `out` and renamed into
+place at the end, so an interrupted run leaves nothing half-written. An existing non-empty `out`
+is refused unless `overwrite`, and even then only a folder of sample pictures is replaced.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shutil
+import tempfile
+from typing import Optional
 
 import jax
 import numpy as np
 
+from l4f_jax.config import option
 from l4f_jax.method import inference
 from l4f_jax.models.alpha import AlphaNetwork
-from l4f_jax.models.stylegan2 import mean_latent
-from l4f_jax.system import images, weights
+from l4f_jax.system import images, loop, training, weights
+from l4f_jax.system.errors import UserError
 
-N_MEAN_LATENT = 4096
+# Every file `sample` writes: the grids and the per-sample PNGs of the alpha outputs.
+_OUTPUT_NAME = re.compile(r"(images|backgrounds|alpha_grid|\d{6}_(original|background|alpha_mask|"
+                          r"hard_mask|composite))\.png")
 
 
-class SampleError(Exception):
-  """Bad input; the message is one line naming the flag and the fix."""
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """Every option of a sampling run."""
+  generator: str = option("", "Converted weight directory (generator).", nonempty=True)
+  n: int = option(16, "Number of samples.", ge=1)
+  truncation: float = option(0.7, "Truncation psi (1 = none).", gt=0)
+  seed: int = option(0, "PRNG seed (samples and w_avg).")
+  out: str = option("", "Output directory (created if needed).", nonempty=True)
+  overwrite: bool = option(False, "Replace an existing non-empty --out that holds sample pictures "
+                           "(atomically: the new pictures are written next to it first).")
+  background: bool = option(False, "Also write backgrounds.png (G_bg).")
+  background_mode: str = option("auto", "G_bg variant: auto = official (input at 512 px, else "
+                                "conv1).", choices=("auto", "conv1", "input"))
+  alpha: Optional[str] = option(None, "Weight directory with a trained alpha network.")
+  threshold: float = option(0.9, "Hard mask = alpha > threshold.", ge=0, le=1)
+  batch: int = option(8, "Samples per jitted call.", ge=1)
+  use_latent_avg: bool = option(False, "Use the checkpoint's latent_avg instead of the 4096-z "
+                                "mean.")
+  grid_cols: int = option(8, "Samples per grid row.", ge=1)
 
 
 def _rows(x, ncols: int) -> list:
   return [x[i:i + ncols] for i in range(0, len(x), ncols)]
 
 
-def sample(generator_dir: str, out_dir: str, n: int = 16, truncation: float = 0.7, seed: int = 0,
-           background: bool = False, background_mode: str = "auto", alpha_dir=None,
-           threshold: float = 0.9, batch: int = 8, use_latent_avg: bool = False,
-           grid_cols: int = 8) -> list[str]:
-  """Writes the sample pictures; returns the paths written."""
-  if n < 1 or batch < 1 or grid_cols < 1:
-    raise SampleError(f"--n ({n}), --batch ({batch}) and --grid_cols ({grid_cols}) must be >= 1")
-  if not 0.0 <= threshold <= 1.0:
-    raise SampleError(f"--threshold={threshold} must lie in [0, 1]")
-  if truncation <= 0:
-    raise SampleError(f"--truncation={truncation} must be > 0 (1 = no truncation)")
-  config, trees = weights.load_weights(generator_dir)
-  g_params = weights.generator_params(trees, generator_dir)
-  generator = weights.generator_from_config(config)
-  alpha_net, a_params = None, None
-  if alpha_dir:
-    a_config, a_trees = ((config, trees) if os.path.abspath(alpha_dir) == os.path.abspath(
-        generator_dir) else weights.load_weights(alpha_dir))
-    if "alpha" not in a_trees:
-      raise SampleError(f"--alpha={alpha_dir} holds no alpha network (it has {sorted(a_trees)})")
-    if a_config.get("size") != generator.size:
-      raise SampleError(f"--alpha={alpha_dir} is for {a_config.get('size')} px but --generator is "
-                        f"{generator.size} px")
-    alpha_net, a_params = AlphaNetwork(generator.size), a_trees["alpha"]
-  key = jax.random.PRNGKey(seed)
-  k_mean, k_samples = jax.random.split(key)
-  if use_latent_avg:
-    if "latent_avg" not in trees:
-      raise SampleError(f"--use_latent_avg: {generator_dir} has no latent_avg; drop the flag")
-    w_avg = trees["latent_avg"]
+def check_out(out: str, overwrite: bool) -> str:
+  """The absolute --out after refusing a file, an unwritable place, or an existing non-empty
+  folder (without `overwrite`, or with it when the folder holds anything but sample pictures)."""
+  loop.check_writable_dir(out, "--out")
+  out = os.path.abspath(out)
+  parent = os.path.dirname(out)
+  if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"--out={out}: {parent} is not writable (the pictures are written next to "
+                    "--out first); pass a --out in a writable folder")
+  present = sorted(os.listdir(out)) if os.path.isdir(out) else []
+  if present and not overwrite:
+    raise UserError(f"--out={out} already holds {len(present)} file(s) (e.g. {present[0]}); "
+                    "choose a new --out or pass --overwrite to replace it")
+  other = [f for f in present
+           if not (_OUTPUT_NAME.fullmatch(f) and os.path.isfile(os.path.join(out, f)))]
+  if other:
+    raise UserError(f"--out={out} holds other files than sample pictures (e.g. {other[0]}); "
+                    "refusing to replace it, choose a new --out")
+  return out
+
+
+def _replace_dir(tmp: str, dst: str) -> None:
+  """Renames the finished folder `tmp` to `dst`, moving an existing `dst` aside first."""
+  if os.path.isdir(dst) and os.listdir(dst):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
+    os.rename(dst, os.path.join(old, "x"))
+    try:
+      os.rename(tmp, dst)
+    except BaseException:
+      os.rename(os.path.join(old, "x"), dst)  # put the earlier samples back
+      raise
+    shutil.rmtree(old, ignore_errors=True)
   else:
-    w_avg = jax.jit(lambda p, k: mean_latent(generator, p, k, N_MEAN_LATENT))(g_params, k_mean)
+    os.replace(tmp, dst)  # over a missing or empty directory
+
+
+def sample(cfg: SampleConfig) -> list[str]:
+  """Writes the sample pictures of `cfg` into `cfg.out`; returns the paths written."""
+  out = check_out(cfg.out, cfg.overwrite)
+  gen = weights.load_generator(cfg.generator)
+  alpha_net, a_params = None, None
+  if cfg.alpha:
+    alpha_net, a_params = AlphaNetwork(gen.size), weights.load_alpha(cfg.alpha, gen)
+  if cfg.use_latent_avg:
+    if "latent_avg" not in gen.trees:
+      raise UserError(f"--use_latent_avg: {cfg.generator} has no latent_avg; drop the flag")
+    w_avg = gen.trees["latent_avg"]
+  else:
+    w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+  k_samples = jax.random.split(jax.random.PRNGKey(cfg.seed))[1]
   # Backgrounds: G_bg of the same z (its own noise) without --alpha; with --alpha, G_bg of an
   # independent z' as the official test_sample.py.
-  outs = inference.sample_masks(g_params, a_params, w_avg, k_samples, n, batch, generator=generator,
-                                alpha_net=alpha_net, truncation=truncation, threshold=threshold,
+  outs = inference.sample_masks(gen.params, a_params, w_avg, k_samples, cfg.n, cfg.batch,
+                                generator=gen.module, alpha_net=alpha_net,
+                                truncation=cfg.truncation, threshold=cfg.threshold,
                                 independent_bg=alpha_net is not None,
-                                background_mode=background_mode)
-  os.makedirs(out_dir, exist_ok=True)
-  written = []
+                                background_mode=cfg.background_mode)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+  try:
+    os.chmod(tmp, 0o755)
+    names = _write(tmp, outs, cfg, alpha_net is not None)
+    check_out(out, cfg.overwrite)  # again: something may have appeared there meanwhile
+    _replace_dir(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return [os.path.join(out, name) for name in names]
+
+
+def _write(folder: str, outs: dict, cfg: SampleConfig, with_alpha: bool) -> list[str]:
+  """Writes the pictures of `outs` into `folder`; returns their file names."""
+  names = []
 
   def grid(name, arrays):
-    rows = [r for group in zip(*[_rows(a, grid_cols) for a in arrays]) for r in group]
-    path = os.path.join(out_dir, name)
-    images.save_png(path, images.make_grid(rows, ncols=min(grid_cols, n)))
-    written.append(path)
+    rows = [r for group in zip(*[_rows(a, cfg.grid_cols) for a in arrays]) for r in group]
+    images.save_png(os.path.join(folder, name),
+                    images.make_grid(rows, ncols=min(cfg.grid_cols, cfg.n)))
+    names.append(name)
 
   grid("images.png", [outs["image"]])
-  if background:
+  if cfg.background:
     grid("backgrounds.png", [outs["background"]])
-  if alpha_net is not None:
-    names = (("original", "image"), ("background", "background"), ("alpha_mask", "alpha"),
+  if with_alpha:
+    kinds = (("original", "image"), ("background", "background"), ("alpha_mask", "alpha"),
              ("hard_mask", "hard_mask"), ("composite", "composite"))
-    for i in range(n):
-      for suffix, k in names:
-        path = os.path.join(out_dir, f"{i:06d}_{suffix}.png")
-        images.save_png(path, outs[k][i].astype(np.float32) if k == "hard_mask" else outs[k][i])
-        written.append(path)
+    for i in range(cfg.n):
+      for suffix, k in kinds:
+        name = f"{i:06d}_{suffix}.png"
+        images.save_png(os.path.join(folder, name),
+                        outs[k][i].astype(np.float32) if k == "hard_mask" else outs[k][i])
+        names.append(name)
     grid("alpha_grid.png", [outs[k] for k in ("image", "alpha", "hard_mask", "background",
                                                "composite")])
-  return written
+  return names

@@ -38,7 +38,7 @@ FORMAT = "l4f_jax.weights"
 VERSION = 1
 CONFIG_FILE = "config.json"
 STATE_DIR = "state"
-TREE_NAMES = ("g_ema", "g", "d", "latent_avg", "noises", "alpha")
+TREE_NAMES = ("g_ema", "g", "d", "latent_avg", "noises", "alpha", "segmenter")
 MODEL_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max",
               "lr_mlp")
 CONVERT_HINT = ("convert a PyTorch checkpoint first: "

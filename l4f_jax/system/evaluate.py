@@ -1,0 +1,155 @@
+"""Scoring Labels4Free masks as a library program: `evaluate(config) -> metrics dict`.
+
+  from l4f_jax.config import resolve
+  from l4f_jax.system.evaluate import EvaluateConfig, evaluate
+  metrics = evaluate(resolve(EvaluateConfig, masks="tests/data/l4f_custom_masks"))
+
+Three sources of masks (exactly one per run):
+  generator + alpha   `n` seeded samples of a converted generator and a trained alpha network,
+                      scored against the l4f_shapes colour oracle; with `out`, also errors.png
+                      (image / alpha / mask / oracle / false positives yellow, negatives cyan /
+                      background rows for the first `grid_samples` samples);
+  gt_dir + pred_dir   two folders of PNG masks, official test_customdata.py conventions;
+  masks               a root whose class folders each hold one `*_gt` and one `*_pred` folder.
+The table is printed (through `log`) and, with `out`, the metrics go to <out>/metrics.json.
+`experiments/evaluate.py` is the CLI (flags derived from EvaluateConfig).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+from l4f_jax.config import option
+from l4f_jax.system import loop
+from l4f_jax.system.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+  """Every option of an evaluation run."""
+  generator: Optional[str] = option(None, "Converted generator weight directory.")
+  alpha: Optional[str] = option(None, "Alpha network weight directory (a training run's alpha/ "
+                                "export).")
+  n: int = option(512, "Number of generated samples to score.", ge=1)
+  batch: int = option(16, "Sampling batch.", ge=1)
+  seed: int = option(0, "Sample i is drawn from fold_in(key(seed), i); w_avg from the seed's "
+                     "'w_avg' stream (as training).")
+  truncation: float = option(0.5, "Foreground psi (official test_sample: 0.5).", gt=0)
+  threshold: float = option(0.9, "Hard mask = alpha > threshold (official --th).", ge=0, le=1)
+  oracle: str = option("shapes", "Ground truth for generated samples.", choices=("shapes",))
+  gt_dir: Optional[str] = option(None, "Folder of ground-truth PNG masks.")
+  pred_dir: Optional[str] = option(None, "Folder of predicted PNG masks (paired by natural sort).")
+  masks: Optional[str] = option(None, "Root with one folder per class, each holding *_gt and "
+                                "*_pred.")
+  out: Optional[str] = option(None, "Write metrics.json (and grids) here.")
+  grid_samples: int = option(16, "Samples shown in the error grid.", ge=1)
+
+
+def check(cfg: EvaluateConfig) -> str:
+  """The mode ('generated', 'folders' or 'classes') after the checks that need no work."""
+  modes = {"generated": bool(cfg.generator), "folders": bool(cfg.gt_dir or cfg.pred_dir),
+           "classes": bool(cfg.masks)}
+  if sum(modes.values()) != 1:
+    raise UserError("pass exactly one of --generator (+ --alpha), --gt_dir + --pred_dir, or "
+                    "--masks")
+  if modes["folders"] and not (cfg.gt_dir and cfg.pred_dir):
+    raise UserError("--gt_dir and --pred_dir go together")
+  if modes["generated"] and not cfg.alpha:
+    raise UserError("--generator needs --alpha=<alpha weight directory> (a training run's alpha/ "
+                    "export, or experiments.convert of an official checkpoint)")
+  if cfg.out:
+    loop.check_writable_dir(cfg.out, "--out")
+  return next(m for m, on in modes.items() if on)
+
+
+def class_pairs(root: str) -> dict[str, tuple[str, str]]:
+  """{class: (gt folder, pred folder)} of the class folders under `root`."""
+  if not os.path.isdir(root):
+    raise UserError(f"--masks={root}: no such directory")
+  pairs = {}
+  for name in sorted(os.listdir(root)):
+    d = os.path.join(root, name)
+    if not os.path.isdir(d):
+      continue
+    subs = sorted(os.listdir(d))
+    gt = [s for s in subs if s.lower().endswith("_gt")]
+    pred = [s for s in subs if s.lower().endswith("_pred")]
+    if len(gt) == 1 and len(pred) == 1:
+      pairs[name] = (os.path.join(d, gt[0]), os.path.join(d, pred[0]))
+  if not pairs:
+    raise UserError(f"--masks={root}: no class folder holds one '*_gt' and one '*_pred' folder")
+  return pairs
+
+
+def _score_folders(gt: str, pred: str, where: str = "") -> dict:
+  from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
+  try:
+    return evaluation.evaluate_mask_folders(gt, pred)
+  except (FileNotFoundError, ValueError) as e:
+    raise UserError(f"{where}{e}") from None
+
+
+def evaluate_folders(cfg: EvaluateConfig) -> dict:
+  """Metrics of --masks (one entry per class) or of --gt_dir against --pred_dir."""
+  if cfg.masks:
+    return {name: _score_folders(gt, pred, f"--masks={cfg.masks} ({name}): ")
+            for name, (gt, pred) in class_pairs(cfg.masks).items()}
+  for flag, path in (("gt_dir", cfg.gt_dir), ("pred_dir", cfg.pred_dir)):
+    if not os.path.isdir(path):
+      raise UserError(f"--{flag}={path}: not a directory of PNG masks")
+  return _score_folders(cfg.gt_dir, cfg.pred_dir)
+
+
+def evaluate_generated(cfg: EvaluateConfig) -> dict:
+  """Hard masks of `n` samples against the l4f_shapes oracle (+ errors.png under `out`)."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
+
+  from l4f_jax.datasets.shapes import oracle_mask
+  from l4f_jax.method import evaluation, inference
+  from l4f_jax.models.alpha import AlphaNetwork
+  from l4f_jax.system import images, training, weights
+
+  gen = weights.load_generator(cfg.generator)
+  a_params = weights.load_alpha(cfg.alpha, gen)
+  w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+  out = inference.sample_masks(gen.params, a_params, w_avg, jax.random.key(cfg.seed), cfg.n,
+                               cfg.batch, generator=gen.module, alpha_net=AlphaNetwork(gen.size),
+                               truncation=cfg.truncation, threshold=cfg.threshold)
+  gt = oracle_mask(out["image"])
+  result = evaluation.mask_metrics(gt, out["hard_mask"])
+  alpha = out["alpha"]
+  result["soft"] = {"mean_alpha": float(alpha.mean()),
+                    "frac_alpha_gt_threshold": float(out["hard_mask"].mean()),
+                    "frac_undecided_0.1_0.9": float(((alpha > 0.1) & (alpha < 0.9)).mean())}
+  result.update(source="generated", n=cfg.n, seed=cfg.seed, truncation=cfg.truncation,
+                threshold=cfg.threshold, oracle=cfg.oracle, generator=cfg.generator,
+                alpha=cfg.alpha)
+  if cfg.out:
+    k = min(cfg.grid_samples, cfg.n)
+    images.save_grid(os.path.join(cfg.out, "errors.png"), {
+        "image": out["image"][:k], "alpha": alpha[:k],
+        "mask": out["hard_mask"][:k, ..., None].astype(np.float32),
+        "oracle": gt[:k, ..., None].astype(np.float32),
+        "errors (FP yellow, FN cyan)": evaluation.error_overlay(out["image"][:k], out["hard_mask"][:k],
+                                                             gt[:k]),
+        "background": out["background"][:k]})
+  return result
+
+
+def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
+  """Scores the masks `cfg` names, logs the table (and the metrics.json written); returns the
+  metrics."""
+  from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
+  from l4f_jax.system.metrics_log import write_json  # pylint: disable=import-outside-toplevel
+  mode = check(cfg)
+  result = evaluate_generated(cfg) if mode == "generated" else evaluate_folders(cfg)
+  log(evaluation.format_table(result))
+  if cfg.out:
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, "metrics.json")
+    write_json(path, result)
+    log(f"wrote {path}")
+  return result
