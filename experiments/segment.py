@@ -1,0 +1,31 @@
+r"""Segment any images with a trained student: raw images in, masks out.
+
+  python -m experiments.segment --segmenter=workspace/runs/shapes/segmenter \
+      --images=my_photos/ --out=workspace/segment/my_photos
+
+Writes <out>/masks/<stem>.png (0 / 255, at each input's own size), <out>/alpha/<stem>.png (soft),
+<out>/cutout/<stem>.png (RGBA), <out>/contact_sheet.png and <out>/segment.json. The flags are the
+fields of `l4f_jax.system.segment.SegmentConfig`.
+"""
+from __future__ import annotations
+
+from absl import app
+
+from l4f_jax.config import define_flags, from_flags
+from l4f_jax.system import cli
+from l4f_jax.system.segment import SegmentConfig, segment
+
+define_flags(SegmentConfig)
+
+
+@cli.main("segment")
+def main(argv):
+  del argv
+  summary = segment(from_flags(SegmentConfig))
+  skipped = summary["skipped_files"]
+  print(f"segmented {summary['segmented']} image(s), skipped {len(skipped)}"
+        + (": " + ", ".join(s["file"] for s in skipped) if skipped else ""))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,157 @@
+"""The whole framework in one program: A -> pairs -> student -> segment real images -> eval.json.
+
+  python -m experiments.pipeline --flagfile=experiments/flags/shapes.flags   (the README's main command)
+
+Stages, all library programs of this package run in-process on one system (one config pattern, one
+loading path, one loop), each resuming or reusing its output when re-run:
+  1. Labels4Free (`train_labels4free`): A and D on the frozen generator; A exported to
+     <workdir>/alpha, its hard masks of generated images scored against the oracle (eval_samples).
+  2. Pairs (`pairs`): `pairs_n` generated (image, soft alpha, hard mask) triples in <workdir>/pairs.
+  3. Student (`train_student`): a U-Net trained on them (run <workdir>/student), exported to
+     <workdir>/segmenter.
+  4. Real images (`segment`): the student segments the built-in world's held-out real test split
+     (`real_test`: real l4f_shapes renders with exact masks, never used to train G, A or the
+     student) into <workdir>/real_test/{masks,alpha,cutout}.
+  5. <workdir>/eval.json: {'labels4free': A on generated images vs the oracle, 'student': the
+     student on the real test split vs the exact masks (official metrics), 'timing'}; FP/FN
+     pictures in <workdir>/real_test_errors.png.
+The flags of stage 1 are experiments.train's; the other stages take the `pairs_*`, `student_*` and
+`aug_*` flags below and derive every path from --workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from l4f_jax.config import nested, option, to_dict
+from l4f_jax.method import evaluation
+from l4f_jax.system import augment, image_io, images, metrics_log, pairs, segment
+from l4f_jax.system import train_labels4free, train_student
+from l4f_jax.system.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  labels4free: train_labels4free.TrainConfig = nested(train_labels4free.TrainConfig)
+  pairs_n: int = option(2048, "Generated pairs for the student.", ge=1)
+  pairs_truncation: float = option(0.7, "Truncation psi of the pairs' images.", gt=0, le=1)
+  pairs_max_undecided: float = option(1.0, "Drop pairs with a larger fraction of undecided "
+                                      "pixels (1 keeps all).", ge=0, le=1)
+  student_steps: int = option(1500, "Student training steps.", ge=1)
+  student_batch: int = option(8, "Student batch per device.", ge=1)
+  student_lr: float = option(1e-3, "Student Adam learning rate.", gt=0)
+  student_width: int = option(16, "Student U-Net width.", ge=1)
+  student_threshold: float = option(0.5, "Student hard mask = alpha >= threshold.", ge=0, le=1)
+  augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
+  real_test: str = option("workspace/datasets/l4f_shapes_real_test", "Held-out real test split "
+                          "(images/ + masks/; built if missing).", nonempty=True)
+  real_test_n: int = option(256, "Images in the real test split when it is built.", ge=1)
+
+
+def _pairs_config(cfg: PipelineConfig, workdir: str) -> pairs.PairsConfig:
+  l4f = cfg.labels4free
+  return pairs.PairsConfig(generator=l4f.generator, alpha=os.path.join(workdir, "alpha"),
+                           out=os.path.join(workdir, "pairs"), n=cfg.pairs_n,
+                           truncation=cfg.pairs_truncation, max_undecided=cfg.pairs_max_undecided,
+                           seed=l4f.seed, batch=16, num_devices=l4f.num_devices or 0)
+
+
+def _student_config(cfg: PipelineConfig, workdir: str) -> train_student.StudentConfig:
+  s = train_student.StudentConfig()
+  return dataclasses.replace(
+      s, pairs=os.path.join(workdir, "pairs"), workdir=os.path.join(workdir, "student"),
+      export=os.path.join(workdir, "segmenter"), steps=cfg.student_steps,
+      batch=cfg.student_batch, hp=dataclasses.replace(s.hp, lr=cfg.student_lr),
+      arch=dataclasses.replace(s.arch, width=cfg.student_width), augment=cfg.augment,
+      threshold=cfg.student_threshold, seed=cfg.labels4free.seed,
+      num_devices=cfg.labels4free.num_devices, sample_every=max(cfg.student_steps // 3, 1),
+      save_every=max(cfg.student_steps // 3, 1), log_every=max(cfg.student_steps // 15, 1))
+
+
+def _reuse_pairs(pc: pairs.PairsConfig) -> bool:
+  """True if <workdir>/pairs holds a finished dataset made with the same settings."""
+  try:
+    with open(os.path.join(pc.out, pairs.SUMMARY)) as f:
+      stored = json.load(f)["config"]
+  except (OSError, ValueError, KeyError):
+    return False
+  want = to_dict(pc)
+  same = all(stored.get(k) == want[k] for k in ("n", "truncation", "max_undecided", "seed",
+                                                  "threshold"))
+  if not same:
+    raise UserError(f"{pc.out} holds pairs made with other settings; pass --overwrite to redo "
+                    "the whole pipeline")
+  return True
+
+
+def _alpha_is_newer(alpha_dir: str, pairs_dir: str) -> bool:
+  return os.path.getmtime(os.path.join(alpha_dir, "config.json")) > os.path.getmtime(
+      os.path.join(pairs_dir, pairs.SUMMARY))
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+  """Runs the stages (module docstring); returns what eval.json holds."""
+  from l4f_jax.datasets.shapes import ensure_real_test_split  # pylint: disable=import-outside-toplevel
+  l4f = cfg.labels4free
+  workdir = os.path.abspath(l4f.workdir)
+  timing = {}
+  t0 = time.perf_counter()
+  # The real test split first: cheap, and a bad --real_test fails before any training.
+  real = ensure_real_test_split(cfg.real_test, size=_generator_size(l4f), n=cfg.real_test_n)
+  timing["real_test_split_s"] = round(time.perf_counter() - t0, 1)
+
+  t = time.perf_counter()
+  l4f_out = train_labels4free.train_and_evaluate(l4f)
+  timing["labels4free_s"] = round(time.perf_counter() - t, 1)
+
+  t = time.perf_counter()
+  pc = _pairs_config(cfg, workdir)
+  if not (os.path.exists(pc.out) and _reuse_pairs(pc) and not _alpha_is_newer(pc.alpha, pc.out)):
+    pairs.make_pairs(dataclasses.replace(pc, overwrite=True))
+  timing["pairs_s"] = round(time.perf_counter() - t, 1)
+
+  t = time.perf_counter()
+  sc = _student_config(cfg, workdir)
+  train_student.train_and_evaluate(sc)
+  timing["student_s"] = round(time.perf_counter() - t, 1)
+
+  t = time.perf_counter()
+  seg_out = os.path.join(workdir, "real_test")
+  summary = segment.segment(segment.SegmentConfig(
+      segmenter=sc.export, images=os.path.join(real, "images"), out=seg_out, overwrite=True))
+  student_eval = evaluation.evaluate_prediction_folder(os.path.join(real, "masks"),
+                                                       os.path.join(seg_out, "masks"))
+  _error_pictures(real, seg_out, os.path.join(workdir, "real_test_errors.png"))
+  timing["segment_and_score_s"] = round(time.perf_counter() - t, 1)
+  timing["total_s"] = round(time.perf_counter() - t0, 1)
+  result = {"labels4free": l4f_out["eval"], "student": student_eval,
+            "student_threshold": summary["threshold"], "real_test": real,
+            "real_test_images": summary["segmented"], "timing": timing}
+  metrics_log.write_json(os.path.join(workdir, "eval.json"), result)
+  fg = lambda r: r["foreground"]["iou"] if r else float("nan")
+  metrics_log.log_console(
+      f"pipeline: A on generated images fg IoU {fg(l4f_out['eval']):.4f}; student on "
+      f"{summary['segmented']} real test images fg IoU {fg(student_eval):.4f}, mIoU "
+      f"{student_eval['miou']:.4f}; {timing['total_s']:.0f} s; {workdir}/eval.json")
+  return result
+
+
+def _generator_size(l4f) -> int:
+  from l4f_jax.system import weights  # pylint: disable=import-outside-toplevel
+  return int(weights.read_config(l4f.generator)["size"])
+
+
+def _error_pictures(real: str, seg_out: str, path: str, n: int = 16) -> None:
+  """Image / predicted mask / exact mask / FP (yellow) and FN (cyan) overlay of the first inputs."""
+  stems = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(real, "images")))
+  stems = sorted(stems, key=evaluation.natural_key)[:n]
+  load = lambda d, s: image_io.read_rgb(os.path.join(d, s + ".png"))
+  img = np.stack([load(os.path.join(real, "images"), s) for s in stems])
+  gt = np.stack([load(os.path.join(real, "masks"), s)[..., 0] > 127 for s in stems])
+  pred = np.stack([load(os.path.join(seg_out, "masks"), s)[..., 0] > 127 for s in stems])
+  images.save_grid(path, {"image": img, "mask": pred, "exact mask": gt,
+                          "errors (FP yellow, FN cyan)": evaluation.error_overlay(img, pred, gt)})

@@ -1,0 +1,201 @@
+"""The student segmenter's training program: `train_and_evaluate(config)`.
+
+A U-Net (`l4f_jax.models.unet.UNet`) learns Labels4Free's soft masks from generated pairs
+(`experiments.make_pairs`), so that it segments real photos. It runs on the same system as
+experiments.train: a jit(shard_map) step over every device of every host with donated state
+(`method.student.student_step`, explicit pmean), Orbax checkpoints with exact resume, metrics.jsonl +
+TensorBoard, grids (image / soft target / prediction / hard mask), progress with ETA, one-line
+errors. Host-side augmentations (`system.augment`, each behind a flag) bridge the generated -> real
+gap; they are a pure function of (seed, step, row), so a resumed run sees the same batches.
+
+Outputs in `workdir`: flags.json, checkpoints/, logs/, samples/<i>.png, and the trained network in
+the weight-directory format at `export` (default <workdir>/segmenter): config.json says its input
+size, architecture and threshold; `experiments.segment --segmenter=<export>` reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l4f_jax.config import nested, option, to_dict
+from l4f_jax.method import student as student_lib
+from l4f_jax.models.unet import UNet
+from l4f_jax.system import augment, data as data_lib, images, loop, sharding, training, weights
+from l4f_jax.system.errors import UserError
+
+KIND = "student_segmenter"
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterArch:
+  """The U-Net's architecture (stored in the export's config.json)."""
+  width: int = option(16, "U-Net channels at full resolution (doubled per level up to "
+                      "--max_width).", ge=1)
+  depth: int = option(3, "U-Net downsamplings (input size must be divisible by 2**depth).", ge=1)
+  blocks: int = option(2, "Conv blocks per U-Net level.", ge=1)
+  max_width: int = option(64, "U-Net channel cap.", ge=1)
+
+  def module(self, dtype=None) -> UNet:
+    return UNet(base_width=self.width, depth=self.depth, blocks_per_level=self.blocks,
+                max_width=self.max_width, dtype=dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+  pairs: str = option("workspace/datasets/shapes_pairs", "Pairs dataset directory "
+                      "(python -m experiments.make_pairs).", nonempty=True)
+  workdir: str = option("workspace/runs/student", "Checkpoints, logs and sample grids.",
+                        nonempty=True)
+  export: Optional[str] = option(None, "Where the trained segmenter is written (default "
+                                 "<workdir>/segmenter).")
+  overwrite: bool = option(False, "Delete an existing run in --workdir and start afresh.")
+  steps: int = option(1500, "Training steps.", ge=1)
+  batch: int = option(16, "Batch PER DEVICE (global batch = batch x devices).", ge=1)
+  arch: SegmenterArch = nested(SegmenterArch)
+  hp: student_lib.StudentHParams = nested(student_lib.StudentHParams)
+  augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
+  threshold: float = option(0.5, "Hard mask = student alpha > threshold (stored in the export).",
+                            ge=0, le=1)
+  n_sample: int = option(16, "Pairs shown in each grid (0 = no grids).", ge=0)
+  sample_every: int = option(500, "Grid interval.", ge=1)
+  save_every: int = option(500, "Checkpoint interval.", ge=1)
+  keep: int = option(2, "Checkpoints to keep (0 = all).", ge=0)
+  log_every: int = option(50, "Metrics interval.", ge=1)
+  seed: int = option(0, "Seed of the init, the data order and the augmentations.")
+  num_devices: Optional[int] = option(None, "Use only the first N devices.", ge=1)
+
+
+def _export_dir(cfg: StudentConfig) -> str:
+  return cfg.export or os.path.join(cfg.workdir, "segmenter")
+
+
+def train_and_evaluate(cfg: StudentConfig) -> dict:
+  """Trains and exports the student; returns {'steps', 'export', 'metrics' (last logged)}."""
+  loop.check_writable_dir(cfg.workdir, "--workdir")
+  export = _export_dir(cfg)
+  if cfg.export and os.path.lexists(export) and not (cfg.overwrite or _is_segmenter(export)):
+    raise UserError(f"--export={cfg.export} exists and is not a segmenter export; choose a new "
+                    "directory")
+  mesh = sharding.make_mesh(cfg.num_devices)
+  global_batch = cfg.batch * mesh.devices.size
+  try:
+    source, size = data_lib.open_dataset(cfg.pairs)
+  except (FileNotFoundError, ValueError) as e:
+    raise UserError(str(e).replace("--dataset=", "--pairs=")) from None
+  if "alpha" not in source[0]:
+    raise UserError(f"--pairs={cfg.pairs} holds no 'alpha' masks; make it with python -m "
+                    "experiments.make_pairs")
+  if size % 2 ** cfg.arch.depth:
+    raise UserError(f"--depth={cfg.arch.depth}: the {size} px pairs are not divisible by "
+                    f"2**depth; lower --depth")
+  if len(source) < global_batch:
+    raise UserError(f"--pairs={cfg.pairs} has {len(source)} pairs, fewer than the global batch "
+                    f"{global_batch}")
+  loader = data_lib.Loader(source, global_batch, seed=cfg.seed, flip=False,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+  run = loop.open_run(cfg.workdir, program="train_student", config=to_dict(cfg),
+                      identity={"size": size, "arch": to_dict(cfg.arch), "batch": cfg.batch,
+                                "devices": int(mesh.devices.size)},
+                      keep=cfg.keep, overwrite=cfg.overwrite,
+                      resume_keys=("size", "arch", "batch", "devices"))
+  try:
+    return _train(cfg, run, mesh, loader, size, global_batch, export)
+  finally:
+    run.close()
+
+
+def _is_segmenter(path: str) -> bool:
+  try:
+    return weights.read_config(path).get("kind") == KIND
+  except UserError:
+    return False
+
+
+def _train(cfg, run, mesh, loader, size, global_batch, export) -> dict:
+  model = cfg.arch.module()
+  x0 = jnp.zeros((1, size, size, 3))
+  params = jax.jit(model.init)(training.stream_key(cfg.seed, "student_init"), x0)["params"]
+  state = sharding.replicate(student_lib.init_student_state(cfg.hp, params), mesh)
+  state, start = run.restore_or(state)
+
+  rep, shd = sharding.REPLICATED, sharding.SHARDED
+  per_device = functools.partial(student_lib.student_step, model=model, hp=cfg.hp,
+                                 axis_name=sharding.AXIS)
+  step = jax.jit(sharding.data_parallel(per_device, mesh, in_specs=(rep, shd, shd),
+                                        out_specs=(rep, rep)), donate_argnums=0)
+
+  def step_fn(i, state, batch):
+    del i
+    put = lambda x: sharding.shard_host_batch(x, mesh)
+    return step(state, put(batch["image"]), put(batch["alpha"]))
+
+  first_row = loader.rows.start
+
+  def batches():
+    for i, batch in loader.iterate(start_step=start, num_steps=max(0, cfg.steps - start)):
+      yield i, augment.augment_batch(batch, cfg.augment, seed=cfg.seed, step=i,
+                                     first_row=first_row)
+
+  # Fixed pairs for the grids (the first n_sample records, not augmented).
+  n = min(cfg.n_sample, len(loader.source))
+  fixed = [loader.source[i] for i in range(n)]
+  fixed_images = data_lib.scale_images(np.stack([r["image"] for r in fixed])) if n else None
+  fixed_alpha = np.stack([r["alpha"] for r in fixed]).astype(np.float32) / 255 if n else None
+  predict = jax.jit(functools.partial(student_lib.predict_alpha, model=model))
+
+  def on_sample(i, state):
+    if not n or jax.process_index() != 0:
+      return
+    p = np.asarray(predict(sharding.to_host(state.params), fixed_images))
+    images.save_grid(run.path("samples", f"{i:06d}.png"), {
+        "image": fixed_images, "alpha (teacher)": fixed_alpha, "student": p,
+        "student mask": p[..., 0] > cfg.threshold})
+
+  it = batches()
+  state = loop.train_loop(state, it, step_fn, run=run, start=start, end=cfg.steps,
+                          log_every=cfg.log_every, save_every=cfg.save_every,
+                          sample_every=cfg.sample_every if n else 0, on_sample=on_sample,
+                          console_keys=("loss", "bce", "iou", "pixel_acc"))
+  done = int(jax.device_get(state.step))
+  if run.latest != done:
+    run.save(done, state)
+  run.ckpt.wait()
+  params = sharding.to_host(state.params)
+  if jax.process_index() == 0:
+    if not loop.tree_is_finite(params):
+      raise UserError(f"refusing to export a non-finite segmenter to {export}")
+    weights.save_weights(export, {"kind": KIND, "size": size, "arch": to_dict(cfg.arch),
+                                  "threshold": cfg.threshold, "steps": done,
+                                  "pairs": os.path.abspath(cfg.pairs),
+                                  "train_config": to_dict(cfg)},
+                         {"segmenter": params}, overwrite=True)
+  return {"steps": done, "export": export}
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmenter:
+  """A loaded segmenter export: module, params, input size and hard-mask threshold."""
+  path: str
+  module: UNet
+  params: object
+  size: int
+  threshold: float
+
+
+def load_segmenter(path: str, flag: str = "--segmenter") -> Segmenter:
+  try:
+    config, trees = weights.load_weights(path)
+  except UserError as e:
+    raise UserError(f"{flag}={path}: {e}") from None
+  if config.get("kind") != KIND or "segmenter" not in trees:
+    raise UserError(f"{flag}={path} is not a segmenter export (kind {config.get('kind')!r}); "
+                    "train one with python -m experiments.train_student")
+  arch = SegmenterArch(**config["arch"])
+  return Segmenter(path=path, module=arch.module(), params=trees["segmenter"],
+                   size=int(config["size"]), threshold=float(config.get("threshold", 0.5)))
