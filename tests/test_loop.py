@@ -1,0 +1,196 @@
+"""The shared run system (l4f_jax.config, l4f_jax.system.loop), in-process and without models:
+derived flags and validation, run-directory checks and locks, the finiteness guard, resume, and the
+clean stop on a signal."""
+import dataclasses
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+
+from l4f_jax import config as C
+from l4f_jax.method.step import L4FConfig
+from l4f_jax.system import loop
+from l4f_jax.system.errors import UserError
+from l4f_jax.system.train_labels4free import TrainConfig
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_flags_are_derived_from_the_config_with_one_default():
+  fv = flags.FlagValues()
+  C.define_flags(TrainConfig, flag_values=fv)
+  fv(["prog"])
+  cfg = C.from_flags(TrainConfig, fv)
+  assert cfg == TrainConfig()  # every default comes from the dataclass
+  assert fv["trunc"].value == L4FConfig().truncation  # renamed flag of a nested field
+  assert "stddev_chunks" not in fv and "compute_dtype" not in fv  # derived fields are no flags
+  fv(["prog", "--trunc=0.5", "--lr=3e-4", "--batch=4"])
+  cfg = C.from_flags(TrainConfig, fv)
+  assert cfg.method.truncation == 0.5 and cfg.method.lr == 3e-4 and cfg.batch == 4
+  assert C.from_dict(TrainConfig, json.loads(json.dumps(C.to_dict(cfg)))) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(lr=float("nan")), "--lr=nan must be a finite number"),
+    (dict(lr=0.0), "--lr=0.0 must be > 0"),
+    (dict(iter=-3), "--iter=-3 must be >= 0"),
+    (dict(background_mode="bogus"), "--background_mode='bogus' must be one of"),
+    (dict(trunc=float("inf")), "--trunc=inf must be a finite number"),
+    (dict(generator=""), "--generator is required"),
+])
+def test_validation_names_the_flag(override, message):
+  with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace("[", r"\[")):
+    C.resolve(TrainConfig, **override)
+
+
+def test_nested_prefix_and_unknown_option():
+  @dataclasses.dataclass(frozen=True)
+  class Inner:
+    x: int = C.option(1, "x", ge=0)
+
+  @dataclasses.dataclass(frozen=True)
+  class Outer:
+    a: Inner = C.nested(Inner, prefix="a_")
+    b: Inner = C.nested(Inner, flags=False)
+
+  assert C.flag_names(Outer) == {"a.x": "a_x"}
+  assert C.resolve(Outer, a_x=3).a.x == 3 and C.resolve(Outer, b__x=4).b.x == 4
+  with pytest.raises(UserError, match="--a_x=-1 must be >= 0"):
+    C.resolve(Outer, a_x=-1)
+  with pytest.raises(TypeError):
+    C.resolve(Outer, nope=1)
+
+
+# ------------------------------------------------------------------------------------- run dirs
+
+
+def _open(workdir, **kw):
+  kw = dict(dict(program="unit", config={"a": 1}, identity={"size": 16}, keep=2,
+                 resume_keys=("size",)), **kw)
+  return loop.open_run(str(workdir), **kw)
+
+
+def test_open_run_refuses_foreign_and_other_program_dirs(tmp_path):
+  foreign = tmp_path / "foreign"
+  (foreign / "alpha").mkdir(parents=True)
+  (foreign / "flags.json").write_text('{"something": "else"}')
+  with pytest.raises(UserError, match="files that are not a run"):
+    _open(foreign)
+  with pytest.raises(UserError, match="files that are not a run"):
+    _open(foreign, overwrite=True)  # --overwrite never deletes what is not a run of this program
+  assert (foreign / "alpha").is_dir() and (foreign / "flags.json").read_text() == '{"something": "else"}'
+  other = tmp_path / "other"
+  _open(other, program="other").close()
+  with pytest.raises(UserError, match="holds a other run"):
+    _open(other)
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  with pytest.raises(UserError, match="is a file"):
+    _open(a_file)
+
+
+def test_lock_refuses_a_second_live_run_and_replaces_a_stale_one(tmp_path):
+  run = _open(tmp_path / "w")
+  try:
+    with pytest.raises(UserError, match="is in use by process"):
+      _open(tmp_path / "w")
+  finally:
+    run.close()
+  lock = tmp_path / "w" / loop.LOCK_FILE
+  assert not lock.exists()
+  import socket
+  lock.write_text(f"{socket.gethostname()} 999999999\n")  # a dead process
+  _open(tmp_path / "w").close()
+
+
+def _fake_training(run, start, end, nan_at=None, signal_at=None, save_every=4, log_every=3):
+  """A jitted 'training' of one scalar parameter; metrics become NaN from `nan_at` on."""
+  state = {"w": jnp.zeros(()), "step": jnp.zeros((), jnp.int32)}
+  state, start = run.restore_or(state)
+
+  @jax.jit
+  def step(state, x, bad):
+    w = state["w"] + x + jnp.where(bad, jnp.nan, 0.0)
+    return {"w": w, "step": state["step"] + 1}, {"loss": w * 2}
+
+  def step_fn(i, state, batch):
+    if signal_at == i:
+      os.kill(os.getpid(), signal.SIGINT)
+    return step(state, batch, nan_at is not None and i >= nan_at)
+
+  batches = ((i, jnp.float32(i)) for i in range(start, end))
+  return loop.train_loop(state, batches, step_fn, run=run, start=start, end=end,
+                         log_every=log_every, save_every=save_every, console_keys=("loss",))
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_path):
+  run = _open(tmp_path / "w")
+  try:
+    with pytest.raises(UserError, match=r"^iteration 9: non-finite loss=nan; .* last finite "
+                                        r"checkpoint is iteration 8"):
+      _fake_training(run, 0, 20, nan_at=9)  # checked at every log (9) and save (7, 11) point
+  finally:
+    run.close()
+  run = _open(tmp_path / "w")
+  try:
+    assert run.ckpt.all_steps() == [4, 8]
+    state, start = run.restore_or({"w": jnp.zeros(()), "step": jnp.zeros((), jnp.int32)})
+    assert start == 8 and float(state["w"]) == sum(range(8))  # finite, the state after 0..7
+  finally:
+    run.close()
+  run = _open(tmp_path / "w2")
+  try:
+    with pytest.raises(UserError, match=r"^iteration 7: .* last finite checkpoint is iteration 4"):
+      _fake_training(run, 0, 20, nan_at=7)  # caught at the save point 7: checkpoint 8 never written
+    assert run.ckpt.all_steps() == [4]
+  finally:
+    run.close()
+
+
+def test_resume_is_exact_and_trims_redone_metrics(tmp_path):
+  full = _open(tmp_path / "full")
+  try:
+    want = _fake_training(full, 0, 12)
+  finally:
+    full.close()
+  part = _open(tmp_path / "part")
+  try:
+    with pytest.raises(loop.Interrupted, match="stopped by SIGINT after iteration 5; checkpoint 6"):
+      _fake_training(part, 0, 12, signal_at=5)
+  finally:
+    part.close()
+  part = _open(tmp_path / "part")
+  try:
+    assert part.ckpt.all_steps() == [4, 6]
+    got = _fake_training(part, 0, 12)
+  finally:
+    part.close()
+  assert float(got["w"]) == float(want["w"]) == sum(range(12))
+  rows = lambda d: [json.loads(r) for r in open(d / "logs" / "metrics.jsonl")]
+  assert rows(tmp_path / "part") == rows(tmp_path / "full")
+
+
+def test_resume_identity_mismatch_is_refused(tmp_path):
+  run = _open(tmp_path / "w")
+  try:
+    _fake_training(run, 0, 4)
+  finally:
+    run.close()
+  with pytest.raises(UserError, match=r"holds a different run \(size 16 -> 32\)"):
+    _open(tmp_path / "w", identity={"size": 32})
+  run = _open(tmp_path / "w", identity={"size": 32}, overwrite=True)  # --overwrite starts afresh
+  try:
+    assert run.latest is None
+  finally:
+    run.close()
+
+
+def test_tree_is_finite():
+  assert loop.tree_is_finite({"a": np.ones(3), "b": [np.zeros(2, np.int32)]})
+  assert not loop.tree_is_finite({"a": np.array([1.0, np.inf])})
