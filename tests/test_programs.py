@@ -1,0 +1,139 @@
+"""The raw-image path as library programs, in-process on a tiny world: pairs -> student -> segment.
+
+A random 16 px generator and a random alpha network stand in for a trained Labels4Free run; the
+properties checked do not depend on the masks being good: determinism and device independence of
+the pairs, the low-confidence filter, exact student resume, segment's per-input outputs at the
+inputs' own sizes, skipped files, and its refusals. (The quality of the whole chain on the built-in
+world is measured by the README's main command, experiments.pipeline.)
+"""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from l4f_jax.config import resolve
+from l4f_jax.models.alpha import AlphaNetwork
+from l4f_jax.system import data, training, weights
+from l4f_jax.system.errors import UserError
+from l4f_jax.system.pairs import PairsConfig, make_pairs
+from l4f_jax.system.segment import SegmentConfig, segment
+from l4f_jax.system.train_student import StudentConfig, load_segmenter, train_and_evaluate
+from tests.tiny_world import make_generator_dir
+
+N = 24
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  base = tmp_path_factory.mktemp("programs")
+  g = make_generator_dir(str(base / "g"), size=16)
+  gen = weights.load_generator(g)
+  a = training.init_alpha(AlphaNetwork(16), gen.module, jax.random.key(0))
+  weights.save_weights(str(base / "a"), {"kind": "labels4free_alpha", **gen.alpha_identity()},
+                       {"alpha": a})
+  pairs = make_pairs(resolve(PairsConfig, generator=g, alpha=str(base / "a"),
+                             out=str(base / "pairs"), n=N, batch=2, threshold=0.5))
+  return {"g": g, "a": str(base / "a"), "pairs": pairs, "base": base}
+
+
+def _records(path):
+  src, _ = data.open_dataset(path)
+  return sorted((src[i] for i in range(len(src))), key=lambda r: int(r["id"]))
+
+
+def test_pairs_are_deterministic_and_independent_of_the_device_count(world):
+  base = world["base"]
+  one = make_pairs(resolve(PairsConfig, generator=world["g"], alpha=world["a"],
+                           out=str(base / "pairs_1dev"), n=N, batch=5, threshold=0.5,
+                           num_devices=1))
+  a, b = _records(world["pairs"]["path"]), _records(one["path"])
+  assert [int(r["id"]) for r in a] == list(range(N)) == [int(r["id"]) for r in b]
+  for ra, rb in zip(a, b):
+    for k in ("image", "alpha", "mask"):
+      np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+  # The hard mask is the official rule on the float alpha; the stored alpha is round(255 alpha).
+  for r in a:
+    mask, alpha = r["mask"][..., 0] == 255, r["alpha"][..., 0].astype(np.float64) / 255
+    assert np.all(alpha[mask] >= 0.5 - 1 / 510) and np.all(alpha[~mask] <= 0.5 + 1 / 510)
+    assert set(np.unique(r["mask"])) <= {0, 255}
+    frac = np.mean((alpha > 0.1) & (alpha < 0.9))
+    assert abs(frac - float(r["undecided"])) <= 0.02  # uint8 rounding moves few pixels
+
+
+def test_pairs_filter_and_refusals(world):
+  base = world["base"]
+  undecided = np.array([float(r["undecided"]) for r in _records(world["pairs"]["path"])])
+  limit = float(np.median(undecided))
+  kept = make_pairs(resolve(PairsConfig, generator=world["g"], alpha=world["a"],
+                            out=str(base / "pairs_f"), n=N, batch=2, threshold=0.5,
+                            max_undecided=limit))
+  assert kept["kept"] == int(np.sum(undecided <= limit)) and kept["dropped"] == N - kept["kept"]
+  ids = [int(r["id"]) for r in _records(kept["path"])]
+  assert ids == [i for i in range(N) if undecided[i] <= limit]
+  with pytest.raises(UserError, match="already exists; choose a new directory or pass --overwrite"):
+    make_pairs(resolve(PairsConfig, generator=world["g"], alpha=world["a"],
+                       out=str(base / "pairs_f"), n=N))
+  other = make_generator_dir(str(base / "g_other"), size=16, seed=5)
+  with pytest.raises(UserError, match="--alpha=.* trained on a generator with other weights"):
+    make_pairs(resolve(PairsConfig, generator=other, alpha=world["a"], out=str(base / "x")))
+  assert not os.path.exists(base / "x")
+
+
+@pytest.fixture(scope="module")
+def student(world):
+  kw = dict(pairs=world["pairs"]["path"], steps=8, batch=2, width=4, depth=2, max_width=8,
+            log_every=2, save_every=3, n_sample=4, sample_every=4, aug_crop_scale=0.5,
+            aug_color_jitter=0.2)
+  full = train_and_evaluate(resolve(StudentConfig, workdir=str(world["base"] / "s_full"), **kw))
+  return full, kw
+
+
+def test_student_resume_is_exact(world, student):
+  full, kw = student
+  part_dir = str(world["base"] / "s_part")
+  train_and_evaluate(resolve(StudentConfig, workdir=part_dir, **dict(kw, steps=5)))
+  part = train_and_evaluate(resolve(StudentConfig, workdir=part_dir, **kw))  # resumes at 5
+  assert part["steps"] == full["steps"] == 8
+  a, b = load_segmenter(full["export"]), load_segmenter(part["export"])
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  rows = lambda d: [json.loads(r) for r in open(os.path.join(d, "logs", "metrics.jsonl"))]
+  assert rows(part_dir) == rows(str(world["base"] / "s_full"))
+  assert sorted(os.listdir(os.path.join(part_dir, "samples"))) == ["000000.png", "000004.png",
+                                                                   "000007.png"]
+
+
+def test_segment_outputs_at_the_inputs_own_sizes(world, student):
+  full, _ = student
+  src = world["base"] / "photos"
+  (src / "sub").mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (30, 50, 3), np.uint8)).save(src / "wide.jpg")
+  Image.fromarray(rng.integers(0, 255, (41, 17), np.uint8)).save(src / "sub" / "grey.png")
+  Image.fromarray(rng.integers(0, 255, (20, 20, 4), np.uint8)).save(src / "rgba.png")
+  (src / "broken.png").write_bytes(b"not a png")
+  out = world["base"] / "seg"
+  summary = segment(resolve(SegmentConfig, segmenter=full["export"], images=str(src), out=str(out),
+                            batch=1))
+  assert summary["segmented"] == 3 and summary["skipped"] == 1
+  assert summary["skipped_files"][0]["file"].endswith("broken.png")
+  sizes = {"wide": (50, 30), "sub__grey": (17, 41), "rgba": (20, 20)}
+  for stem, size in sizes.items():
+    for sub, mode in (("masks", "L"), ("alpha", "L"), ("cutout", "RGBA")):
+      with Image.open(out / sub / f"{stem}.png") as im:
+        assert im.size == size and im.mode == mode, (stem, sub)
+    with Image.open(out / "masks" / f"{stem}.png") as m, Image.open(out / "alpha" / f"{stem}.png") as a:
+      m, a = np.asarray(m), np.asarray(a)
+    assert set(np.unique(m)) <= {0, 255}
+    sure = np.abs(a.astype(np.float64) - 255 * summary["threshold"]) > 1  # away from rounding
+    np.testing.assert_array_equal((m == 255)[sure], (a >= 255 * summary["threshold"])[sure])
+  assert (out / "contact_sheet.png").exists()
+  before = sorted(os.listdir(out))
+  with pytest.raises(UserError, match="is not empty; choose a new directory or pass --overwrite"):
+    segment(resolve(SegmentConfig, segmenter=full["export"], images=str(src), out=str(out)))
+  assert sorted(os.listdir(out)) == before
+  with pytest.raises(UserError, match="is not a segmenter export"):
+    segment(resolve(SegmentConfig, segmenter=world["g"], images=str(src), out=str(out / "n")))
