@@ -41,15 +41,16 @@ class PipelineConfig:
   pairs_truncation: float = option(0.7, "Truncation psi of the pairs' images.", gt=0, le=1)
   pairs_max_undecided: float = option(1.0, "Drop pairs with a larger fraction of undecided "
                                       "pixels (1 keeps all).", ge=0, le=1)
-  student_steps: int = option(1500, "Student training steps.", ge=1)
+  student_steps: int = option(600, "Student training steps.", ge=1)
   student_batch: int = option(8, "Student batch per device.", ge=1)
   student_lr: float = option(1e-3, "Student Adam learning rate.", gt=0)
   student_width: int = option(16, "Student U-Net width.", ge=1)
-  student_threshold: float = option(0.5, "Student hard mask = alpha >= threshold.", ge=0, le=1)
+  student_threshold: float = option(0.9, "Student hard mask = alpha >= threshold (0.9: the "
+                                    "official rule).", ge=0, le=1)
   augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
   real_test: str = option("workspace/datasets/l4f_shapes_real_test", "Held-out real test split "
                           "(images/ + masks/; built if missing).", nonempty=True)
-  real_test_n: int = option(256, "Images in the real test split when it is built.", ge=1)
+  real_test_n: int = option(512, "Images in the real test split when it is built.", ge=1)
 
 
 def _pairs_config(cfg: PipelineConfig, workdir: str) -> pairs.PairsConfig:
@@ -120,22 +121,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
   timing["student_s"] = round(time.perf_counter() - t, 1)
 
   t = time.perf_counter()
-  seg_out = os.path.join(workdir, "real_test")
-  summary = segment.segment(segment.SegmentConfig(
-      segmenter=sc.export, images=os.path.join(real, "images"), out=seg_out, overwrite=True))
-  student_eval = evaluation.evaluate_prediction_folder(os.path.join(real, "masks"),
-                                                       os.path.join(seg_out, "masks"))
-  _error_pictures(real, seg_out, os.path.join(workdir, "real_test_errors.png"))
+  student_eval = score_segmenter(sc.export, os.path.join(real, "images"),
+                                 os.path.join(real, "masks"), os.path.join(workdir, "real_test"),
+                                 errors_png=os.path.join(workdir, "real_test_errors.png"))
   timing["segment_and_score_s"] = round(time.perf_counter() - t, 1)
   timing["total_s"] = round(time.perf_counter() - t0, 1)
-  result = {"labels4free": l4f_out["eval"], "student": student_eval,
-            "student_threshold": summary["threshold"], "real_test": real,
-            "real_test_images": summary["segmented"], "timing": timing}
+  result = {"labels4free": l4f_out["eval"], "student": student_eval, "real_test": real,
+            "timing": timing}
   metrics_log.write_json(os.path.join(workdir, "eval.json"), result)
   fg = lambda r: r["foreground"]["iou"] if r else float("nan")
   metrics_log.log_console(
       f"pipeline: A on generated images fg IoU {fg(l4f_out['eval']):.4f}; student on "
-      f"{summary['segmented']} real test images fg IoU {fg(student_eval):.4f}, mIoU "
+      f"{student_eval['segmented']} real test images fg IoU {fg(student_eval):.4f}, mIoU "
       f"{student_eval['miou']:.4f}; {timing['total_s']:.0f} s; {workdir}/eval.json")
   return result
 
@@ -145,13 +142,33 @@ def _generator_size(l4f) -> int:
   return int(weights.read_config(l4f.generator)["size"])
 
 
-def _error_pictures(real: str, seg_out: str, path: str, n: int = 16) -> None:
-  """Image / predicted mask / exact mask / FP (yellow) and FN (cyan) overlay of the first inputs."""
-  stems = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(real, "images")))
-  stems = sorted(stems, key=evaluation.natural_key)[:n]
-  load = lambda d, s: image_io.read_rgb(os.path.join(d, s + ".png"))
-  img = np.stack([load(os.path.join(real, "images"), s) for s in stems])
-  gt = np.stack([load(os.path.join(real, "masks"), s)[..., 0] > 127 for s in stems])
+def score_segmenter(segmenter: str, images_dir: str, gt_dir: str, out: str,
+                    errors_png: str = "", threshold=None) -> dict:
+  """Segments `images_dir` into `out` (replaced) and scores <out>/masks against the exact masks in
+  `gt_dir` (paired by stem, official metrics); with `errors_png`, a grid of image / mask / exact
+  mask / FP (yellow) and FN (cyan) overlay of the first inputs. Returns the metrics plus
+  'segmented', 'skipped' and 'threshold'."""
+  summary = segment.segment(segment.SegmentConfig(segmenter=segmenter, images=images_dir, out=out,
+                                                  overwrite=True, threshold=threshold))
+  result = evaluation.evaluate_prediction_folder(gt_dir, os.path.join(out, "masks"))
+  result.update(segmented=summary["segmented"], skipped=summary["skipped"],
+                threshold=summary["threshold"], segmenter=os.path.abspath(segmenter))
+  if errors_png:
+    _error_pictures(images_dir, gt_dir, out, errors_png)
+  return result
+
+
+def _error_pictures(images_dir: str, gt_dir: str, seg_out: str, path: str, n: int = 16) -> None:
+  names = sorted(os.listdir(os.path.join(seg_out, "masks")), key=evaluation.natural_key)[:n]
+  stems = [os.path.splitext(f)[0] for f in names]
+  find = lambda d, s: next(os.path.join(d, f) for f in os.listdir(d)
+                           if os.path.splitext(f)[0] == s)
+  load = lambda d, s: image_io.read_rgb(find(d, s))
+  img = [load(images_dir, s) for s in stems]
+  if len({x.shape for x in img}) != 1:
+    return  # inputs of several sizes: no grid
+  gt = np.stack([load(gt_dir, s)[..., 0] > 127 for s in stems])
   pred = np.stack([load(os.path.join(seg_out, "masks"), s)[..., 0] > 127 for s in stems])
+  img = np.stack(img)
   images.save_grid(path, {"image": img, "mask": pred, "exact mask": gt,
                           "errors (FP yellow, FN cyan)": evaluation.error_overlay(img, pred, gt)})

@@ -60,7 +60,8 @@ class StudentConfig:
   arch: SegmenterArch = nested(SegmenterArch)
   hp: student_lib.StudentHParams = nested(student_lib.StudentHParams)
   augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
-  threshold: float = option(0.5, "Hard mask = student alpha > threshold (stored in the export).",
+  threshold: float = option(0.9, "Hard mask = student alpha >= threshold (stored in the export; "
+                            "0.9 = the official inference rule of A).",
                             ge=0, le=1)
   n_sample: int = option(16, "Pairs shown in each grid (0 = no grids).", ge=0)
   sample_every: int = option(500, "Grid interval.", ge=1)
