@@ -39,3 +39,59 @@ def test_sample_masks():
                                   **kw)
   np.testing.assert_allclose(paired["image"], out["image"], atol=1e-6)
   assert np.max(np.abs(paired["background"] - out["background"])) > 1e-3
+
+
+def test_sample_masks_match_official_test_sample():
+  """sample_masks = the official test_sample.py (torch reference, labels4free.md §12) on the same
+  weights, z, z', noise maps and w_avg: independent background latents, psi = 0.5 on fg and bg,
+  hard mask alpha > 0.9 (strict). float32."""
+  import torch
+  from l4f_jax.models.stylegan2 import Generator
+  from l4f_jax.reference import torch_labels4free as tl
+  from l4f_jax.reference import torch_stylegan2 as ts
+  from l4f_jax.system import convert
+
+  size, n, batch = 32, 5, 2  # 3 batches, the last one padded
+  arch = dict(channel_multiplier=2, channel_base=512, channel_max=32)
+  torch.manual_seed(0)
+  tg = ts.perturb_(ts.Generator(size, 32, 2, **arch), 0)
+  ta = tl.BgExtractorRepro(size, tg.channels)
+  with torch.no_grad():  # spread alpha over (0, 1) so that the hard mask has both values
+    ta.conv_n.weight.mul_(30.0)
+    ta.conv_n.bias.fill_(-3.0)
+    w_avg = tg.mean_latent(4096)
+  sd = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}
+  g = Generator(size, style_dim=32, n_mlp=2, **arch)
+  a = AlphaNetwork(size)
+  g_params = convert.convert_generator(sd(tg))[1]
+  a_params = convert.convert_alpha(sd(ta), dict(arch, size=size))[1]
+  key = jax.random.key(7)
+  out = inference.sample_masks(g_params, a_params, jnp.asarray(w_avg.numpy()), key, n, batch,
+                               generator=g, alpha_net=a)  # official defaults: psi 0.5, th 0.9
+
+  # sample_masks' draws: sample i uses fold_in(key, i); streams _FG (z, noise) and _BG (z', noise)
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
+  draw = lambda stream: jax.vmap(lambda k: inference._draw(k, stream, g))(keys)
+  (z, noise), (z_bg, noise_bg) = draw(inference._FG), draw(inference._BG)
+  nchw = lambda x: torch.from_numpy(np.array(x).transpose(0, 3, 1, 2))
+  want = tl.official_test_sample(tg, ta, torch.from_numpy(np.array(z)),
+                                 torch.from_numpy(np.array(z_bg)), [nchw(x) for x in noise],
+                                 [nchw(x) for x in noise_bg], w_avg)
+  want = {k: v.numpy().transpose(0, 2, 3, 1) for k, v in want.items()}
+  errs = {k: float(np.abs(out[k] - want[k]).max()) for k in ("image", "background", "alpha",
+                                                              "composite")}
+  print("max abs errors", errs)
+  for k, tol in (("image", 1e-4), ("background", 1e-4), ("alpha", 1e-5), ("composite", 1e-5)):
+    assert errs[k] <= tol, (k, errs[k])
+  # the hard mask agrees wherever alpha is not within float32 noise of the threshold
+  alpha = want["alpha"][..., 0]
+  decided = np.abs(alpha - 0.9) > 1e-5
+  np.testing.assert_array_equal(out["hard_mask"][decided], want["hard_mask"][..., 0][decided])
+  frac = want["hard_mask"].mean()
+  print(f"hard mask fraction {frac:.3f}, alpha in [{alpha.min():.3f}, {alpha.max():.3f}]")
+  assert 0.05 < frac < 0.95 and decided.mean() > 0.99  # both values occur: the check has teeth
+  # the background really is G_bg of an independent z' (it differs from G_bg(z) of the same noise)
+  with torch.no_grad():
+    same_z, _ = tg([torch.from_numpy(np.array(z))], noise=[nchw(x) for x in noise_bg],
+                   truncation=0.5, truncation_latent=w_avg, back=True)
+  assert np.abs(same_z.numpy().transpose(0, 2, 3, 1) - out["background"]).max() > 1e-2

@@ -78,6 +78,27 @@ def mixed_latents(G: Generator, g_params, key, batch: int, prob: float):
   return jnp.where(idx < inject, w1[:, None], w2[:, None])
 
 
+def g_nonsaturating_loss(fake_pred):
+  """Non-saturating G loss: E[softplus(-D(G(z)))]."""
+  return jnp.mean(jax.nn.softplus(-fake_pred))
+
+
+def path_length_penalty(gen_fn, latents, img_noise, mean_path_length, decay: float,
+                        mean=lambda x: x):
+  """Path-length penalty of the images `gen_fn(latents)` (rosinality `g_path_regularize`).
+
+  img_noise: N(0, 1) draws shaped like the image, scaled here by 1 / sqrt(H W). Returns (penalty,
+  new mean path length, path lengths [B], image); `mean` averages the batch mean of the lengths over
+  devices (identity on one).
+  """
+  img, vjp = jax.vjp(gen_fn, latents)
+  (grad,) = vjp(img_noise / math.sqrt(img.shape[1] * img.shape[2]))
+  lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grad), axis=2), axis=1))
+  pl_mean = mean_path_length + decay * (mean(jnp.mean(lengths)) - mean_path_length)
+  penalty = jnp.mean(jnp.square(lengths - pl_mean))  # rosinality: the gradient flows through pl_mean
+  return penalty, pl_mean, lengths, img
+
+
 def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator, cfg: GANConfig,
                    do_r1: bool, do_pl: bool, axis_name: Optional[str] = None):
   """One rosinality iteration on the local batch. Returns (state, metrics)."""
@@ -121,7 +142,7 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
   def g_loss_fn(g_params):
     latents = mixed_latents(G, g_params, kg, b, cfg.mixing)
     pred = discriminate_in_chunks(D, d_params, gen(g_params, latents, kgn), chunks=cfg.stddev_chunks)
-    return jnp.mean(jax.nn.softplus(-pred))
+    return g_nonsaturating_loss(pred)
 
   g_loss, grads = jax.value_and_grad(g_loss_fn)(state.g_params)
   g_params, g_opt = apply_update(tx_g, state.g_params, grads, state.g_opt_state, mean)
@@ -134,12 +155,10 @@ def gan_train_step(state: GANState, real, key, *, G: Generator, D: Discriminator
 
     def pl_loss_fn(g_params):
       latents = mixed_latents(G, g_params, kp, pb, cfg.mixing)
-      img_noise = jax.random.normal(kpz, (pb, G.size, G.size, 3)) / math.sqrt(G.size * G.size)
-      img, vjp = jax.vjp(lambda lat: gen(g_params, lat, kpn), latents)
-      (grad,) = vjp(img_noise)
-      lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grad), axis=2), axis=1))
-      pl_mean = mean_path_length + cfg.pl_decay * (mean(jnp.mean(lengths)) - mean_path_length)
-      penalty = jnp.mean(jnp.square(lengths - jax.lax.stop_gradient(pl_mean)))
+      img_noise = jax.random.normal(kpz, (pb, G.size, G.size, 3))
+      penalty, pl_mean, _, img = path_length_penalty(
+          lambda lat: gen(g_params, lat, kpn), latents, img_noise, mean_path_length, cfg.pl_decay,
+          mean)
       return cfg.pl_weight * cfg.g_reg_every * penalty + 0 * img[0, 0, 0, 0], (penalty, pl_mean)
 
     (_, (penalty, pl_mean)), grads = jax.value_and_grad(pl_loss_fn, has_aux=True)(g_params)

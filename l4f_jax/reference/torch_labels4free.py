@@ -286,3 +286,24 @@ def official_iteration(i, G, A, D, opt_A, opt_D, real, inputs, cfg):
              a_fake_score=fake_pred.detach().mean(),
              **{f"a_{k}": v.detach() for k, v in terms.items()})
   return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inference (§12, official test_sample.py)
+
+
+@torch.no_grad()
+def official_test_sample(G, A, z, z_bg, noise_fg, noise_bg, mean_latent, truncation=0.5,
+                         threshold=0.9, background_mode="auto"):
+  """One batch of the official test_sample.py with explicit latents and noise.
+
+  fg, features = G(z; psi, w_avg); bg = G_bg(z'; psi, w_avg) with an independent z' (truncated as
+  well); alpha = A(features); hard mask = alpha > threshold (strict); composite = fg alpha +
+  (1 - alpha) bg. Returns NCHW tensors: image, background, alpha, hard_mask (bool), composite.
+  """
+  fg, feats = G([z], noise=noise_fg, truncation=truncation, truncation_latent=mean_latent)
+  bg, _ = G([z_bg], noise=noise_bg, truncation=truncation, truncation_latent=mean_latent, back=True,
+            background_mode=background_mode)
+  alpha = A(select_features(feats, G.size))
+  return {"image": fg, "background": bg, "alpha": alpha, "hard_mask": alpha > threshold,
+          "composite": fg * alpha + (1 - alpha) * bg}

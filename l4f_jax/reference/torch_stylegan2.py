@@ -447,6 +447,63 @@ class Discriminator(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Training losses and optimisers (stylegan2.md §12; rosinality train.py)
+
+
+def d_logistic_loss(real_pred, fake_pred):
+  """Non-saturating D loss: mean softplus(-D(real)) + mean softplus(D(fake))."""
+  return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+
+
+def g_nonsaturating_loss(fake_pred):
+  """Non-saturating G loss: mean softplus(-D(G(z)))."""
+  return F.softplus(-fake_pred).mean()
+
+
+def d_r1_loss(real_pred, real_img):
+  """R1 penalty: mean over the batch of sum_{c,h,w} (d sum_b D(real) / d real)^2.
+
+  `real_img` must require grad and `real_pred` be computed from it; the graph is kept (create_graph)
+  so that the penalty can be backpropagated into D's parameters.
+  """
+  (grad,) = torch.autograd.grad(outputs=real_pred.sum(), inputs=real_img, create_graph=True)
+  return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+
+
+def g_path_regularize(fake_img, latents, mean_path_length, decay=0.01, noise=None):
+  """Path-length regulariser. Returns (penalty, new mean path length (detached), path lengths).
+
+  y = noise / sqrt(H W) with noise ~ N(0, 1) shaped like the image (pass `noise` to fix it);
+  J^T y = d sum(fake_img * y) / d latents (latents: w+ [B, n_latent, style_dim], graph kept);
+  length_b = sqrt(mean over layers of sum over style_dim of (J^T y)^2);
+  a = m + decay (mean_b length - m)  (m = mean_path_length);
+  penalty = mean_b (length_b - a)^2, with a NOT detached inside the penalty (the gradient also
+  flows through mean_b length).
+  """
+  if noise is None:
+    noise = torch.randn_like(fake_img)
+  noise = noise / math.sqrt(fake_img.shape[2] * fake_img.shape[3])
+  (grad,) = torch.autograd.grad(outputs=(fake_img * noise).sum(), inputs=latents,
+                                create_graph=True)
+  path_lengths = torch.sqrt(grad.pow(2).sum(2).mean(1))
+  path_mean = mean_path_length + decay * (path_lengths.mean() - mean_path_length)
+  path_penalty = (path_lengths - path_mean).pow(2).mean()
+  return path_penalty, path_mean.detach(), path_lengths
+
+
+def lazy_adam(params, lr, reg_every):
+  """Adam with the lazy-regularisation scaling c = k/(k+1): lr c, betas (0, 0.99 ** c), eps 1e-8."""
+  c = reg_every / (reg_every + 1)
+  return torch.optim.Adam(params, lr=lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
+
+
+def make_gan_optimizers(generator, discriminator, lr=0.002, g_reg_every=4, d_reg_every=16):
+  """(g_optim, d_optim): lazy-regularisation Adam for G (k = g_reg_every) and D (k = d_reg_every)."""
+  return (lazy_adam(generator.parameters(), lr, g_reg_every),
+          lazy_adam(discriminator.parameters(), lr, d_reg_every))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Test helpers
 
 
