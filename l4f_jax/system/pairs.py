@@ -91,7 +91,8 @@ def make_pairs(cfg: PairsConfig) -> dict:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("l4f_pairs_generated")
-    summary = _build(cfg, gen, tmp, out) if jax.process_index() == 0 else None
+    summary = (_build(cfg, gen, tmp, out, weights.fingerprint(alpha_params))
+               if jax.process_index() == 0 else None)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("l4f_pairs_done")
@@ -154,7 +155,7 @@ def _to_uint8_image(x):
   return jnp.floor((jnp.clip(x.astype(jnp.float32), -1, 1) + 1) * 0.5 * 255 + 0.5).astype(jnp.uint8)
 
 
-def _build(cfg, gen, tmp, out) -> dict:
+def _build(cfg, gen, tmp, out, alpha_fingerprint: str) -> dict:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # slow import
   from l4f_jax.datasets.pairs import L4fPairs, PairsConfig as BuilderConfig
   parts = os.path.join(tmp, "parts")
@@ -171,6 +172,7 @@ def _build(cfg, gen, tmp, out) -> dict:
   shutil.rmtree(parts)
   summary = {"n": cfg.n, "kept": int(kept), "dropped": int(cfg.n - kept), "size": gen.size,
              "config": to_dict(cfg), "generator_fingerprint": gen.fingerprint,
+             "alpha_fingerprint": alpha_fingerprint,
              "path": os.path.relpath(os.fspath(builder.data_dir), tmp)}
   metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
   if os.path.lexists(out):

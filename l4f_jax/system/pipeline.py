@@ -31,7 +31,6 @@ from l4f_jax.config import nested, option, to_dict
 from l4f_jax.method import evaluation
 from l4f_jax.system import augment, image_io, images, metrics_log, pairs, segment
 from l4f_jax.system import train_labels4free, train_student
-from l4f_jax.system.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +44,14 @@ class PipelineConfig:
   student_batch: int = option(8, "Student batch per device.", ge=1)
   student_lr: float = option(1e-3, "Student Adam learning rate.", gt=0)
   student_width: int = option(16, "Student U-Net width.", ge=1)
+  student_depth: int = option(3, "Student U-Net downsamplings.", ge=1)
+  student_max_width: int = option(64, "Student U-Net channel cap.", ge=1)
   student_threshold: float = option(0.9, "Student hard mask = alpha >= threshold (0.9: the "
                                     "official rule).", ge=0, le=1)
   augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
   real_test: str = option("workspace/datasets/l4f_shapes_real_test", "Held-out real test split "
-                          "(images/ + masks/; built if missing).", nonempty=True)
+                          "of the built-in world (images/ + masks/; built if missing); empty = "
+                          "no real-image stage (datasets without exact masks).")
   real_test_n: int = option(512, "Images in the real test split when it is built.", ge=1)
 
 
@@ -67,31 +69,27 @@ def _student_config(cfg: PipelineConfig, workdir: str) -> train_student.StudentC
       s, pairs=os.path.join(workdir, "pairs"), workdir=os.path.join(workdir, "student"),
       export=os.path.join(workdir, "segmenter"), steps=cfg.student_steps,
       batch=cfg.student_batch, hp=dataclasses.replace(s.hp, lr=cfg.student_lr),
-      arch=dataclasses.replace(s.arch, width=cfg.student_width), augment=cfg.augment,
+      arch=dataclasses.replace(s.arch, width=cfg.student_width, depth=cfg.student_depth,
+                               max_width=cfg.student_max_width), augment=cfg.augment,
       threshold=cfg.student_threshold, seed=cfg.labels4free.seed,
       num_devices=cfg.labels4free.num_devices, sample_every=max(cfg.student_steps // 3, 1),
       save_every=max(cfg.student_steps // 3, 1), log_every=max(cfg.student_steps // 15, 1))
 
 
 def _reuse_pairs(pc: pairs.PairsConfig) -> bool:
-  """True if <workdir>/pairs holds a finished dataset made with the same settings."""
+  """True if <workdir>/pairs holds a finished dataset made with the same settings from the same
+  alpha network (content fingerprints), so a re-run need not regenerate it."""
+  from l4f_jax.system import weights  # pylint: disable=import-outside-toplevel
   try:
     with open(os.path.join(pc.out, pairs.SUMMARY)) as f:
-      stored = json.load(f)["config"]
-  except (OSError, ValueError, KeyError):
+      stored = json.load(f)
+  except (OSError, ValueError):
     return False
   want = to_dict(pc)
-  same = all(stored.get(k) == want[k] for k in ("n", "truncation", "max_undecided", "seed",
-                                                  "threshold"))
-  if not same:
-    raise UserError(f"{pc.out} holds pairs made with other settings; pass --overwrite to redo "
-                    "the whole pipeline")
-  return True
-
-
-def _alpha_is_newer(alpha_dir: str, pairs_dir: str) -> bool:
-  return os.path.getmtime(os.path.join(alpha_dir, "config.json")) > os.path.getmtime(
-      os.path.join(pairs_dir, pairs.SUMMARY))
+  same = all(stored.get("config", {}).get(k) == want[k]
+             for k in ("n", "truncation", "max_undecided", "seed", "threshold"))
+  alpha = weights.load_weights(pc.alpha)[1].get("alpha")
+  return same and stored.get("alpha_fingerprint") == weights.fingerprint(alpha)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -102,7 +100,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
   timing = {}
   t0 = time.perf_counter()
   # The real test split first: cheap, and a bad --real_test fails before any training.
-  real = ensure_real_test_split(cfg.real_test, size=_generator_size(l4f), n=cfg.real_test_n)
+  real = (ensure_real_test_split(cfg.real_test, size=_generator_size(l4f), n=cfg.real_test_n)
+          if cfg.real_test else None)
   timing["real_test_split_s"] = round(time.perf_counter() - t0, 1)
 
   t = time.perf_counter()
@@ -111,7 +110,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
   t = time.perf_counter()
   pc = _pairs_config(cfg, workdir)
-  if not (os.path.exists(pc.out) and _reuse_pairs(pc) and not _alpha_is_newer(pc.alpha, pc.out)):
+  if not _reuse_pairs(pc):
     pairs.make_pairs(dataclasses.replace(pc, overwrite=True))
   timing["pairs_s"] = round(time.perf_counter() - t, 1)
 
@@ -121,19 +120,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
   timing["student_s"] = round(time.perf_counter() - t, 1)
 
   t = time.perf_counter()
-  student_eval = score_segmenter(sc.export, os.path.join(real, "images"),
-                                 os.path.join(real, "masks"), os.path.join(workdir, "real_test"),
-                                 errors_png=os.path.join(workdir, "real_test_errors.png"))
+  student_eval = None
+  if real:
+    student_eval = score_segmenter(sc.export, os.path.join(real, "images"),
+                                   os.path.join(real, "masks"), os.path.join(workdir, "real_test"),
+                                   errors_png=os.path.join(workdir, "real_test_errors.png"))
   timing["segment_and_score_s"] = round(time.perf_counter() - t, 1)
   timing["total_s"] = round(time.perf_counter() - t0, 1)
   result = {"labels4free": l4f_out["eval"], "student": student_eval, "real_test": real,
             "timing": timing}
   metrics_log.write_json(os.path.join(workdir, "eval.json"), result)
-  fg = lambda r: r["foreground"]["iou"] if r else float("nan")
-  metrics_log.log_console(
-      f"pipeline: A on generated images fg IoU {fg(l4f_out['eval']):.4f}; student on "
-      f"{student_eval['segmented']} real test images fg IoU {fg(student_eval):.4f}, mIoU "
-      f"{student_eval['miou']:.4f}; {timing['total_s']:.0f} s; {workdir}/eval.json")
+  fg = lambda r: f"{r['foreground']['iou']:.4f}" if r else "not scored"
+  student = (f"student on {student_eval['segmented']} real test images fg IoU {fg(student_eval)}, "
+             f"mIoU {student_eval['miou']:.4f}" if student_eval else "no real test split")
+  metrics_log.log_console(f"pipeline: A on generated images fg IoU {fg(l4f_out['eval'])}; "
+                          f"{student}; {timing['total_s']:.0f} s; {workdir}/eval.json")
   return result
 
 
