@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags
+from absl import flags
 
 from l4f_jax.system import cli
 from l4f_jax.system.benchmarking import BENCHMARKS, Args, load, report
@@ -102,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

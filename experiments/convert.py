@@ -13,7 +13,7 @@ it only for files you trust (training checkpoints need it for their argparse 'ar
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from l4f_jax.system import cli
 from l4f_jax.system.convert import convert_file
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -20,7 +20,6 @@ and false negatives cyan) under --out. Generated samples use the training progra
 """
 from __future__ import annotations
 
-from absl import app
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
@@ -36,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,7 +8,6 @@ sampling (deterministic from --seed), the sharding over devices and hosts and th
 """
 from __future__ import annotations
 
-from absl import app
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
@@ -30,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

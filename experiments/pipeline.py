@@ -8,7 +8,6 @@ docstring lists the stages and outputs. Re-running resumes or reuses every stage
 """
 from __future__ import annotations
 
-from absl import app
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
@@ -27,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -5,14 +5,16 @@
   python -m experiments.prepare_data --synthetic --size=64
 
 Folder images are resized (shorter side, LANCZOS) and centre-cropped as rosinality's
-prepare_data.py does, stored losslessly (PNG). Prints the dataset directory to pass as --dataset.
-An already prepared dataset is reused.
+prepare_data.py does, stored losslessly (PNG), decoded as experiments.segment decodes (16-bit and
+float greyscale scaled by their depth, transparency over white, EXIF orientation applied). Prints
+the dataset directory to pass as --dataset. A dataset already prepared under --name from the same
+--src (files unchanged) is reused; another --src or changed files are refused unless --overwrite.
 """
 from __future__ import annotations
 
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from l4f_jax.system import cli
 from l4f_jax.system.errors import UserError
@@ -25,13 +27,18 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "workspace/datasets", "Where dataset
 _SYNTHETIC = flags.DEFINE_boolean("synthetic", False, "Build l4f_shapes (same as --src=shapes).")
 _NUM = flags.DEFINE_integer("num_examples", 4096, "Number of l4f_shapes examples.")
 _SEED = flags.DEFINE_integer("seed", 0, "l4f_shapes seed.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Rebuild a dataset already prepared under "
+                                  "--name from another --src (or from files that changed since).")
 
 
 @cli.main("prepare_data")
 def main(argv):
   del argv
-  from l4f_jax.datasets import image_folder, shapes  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from l4f_jax.datasets import image_folder, shapes
+  from l4f_jax.system.loop import check_writable_dir
   t0 = time.time()
+  check_writable_dir(_DATA_DIR.value, "--data_dir")
   if _SYNTHETIC.value or _SRC.value == "shapes":
     if _NAME.value not in (None, "l4f_shapes"):
       logging.warning("--name is ignored for shapes (directory is l4f_shapes)")
@@ -50,7 +57,8 @@ def main(argv):
     if not _SIZE.value:
       raise UserError("--size is required for an image folder, e.g. --size=256")
     try:
-      r = image_folder.prepare_image_folder(_SRC.value, _DATA_DIR.value, _NAME.value, _SIZE.value)
+      r = image_folder.prepare_image_folder(_SRC.value, _DATA_DIR.value, _NAME.value, _SIZE.value,
+                                            overwrite=_OVERWRITE.value)
     except (ValueError, FileNotFoundError) as e:
       raise UserError(str(e)) from None
     path = r["path"]
@@ -61,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

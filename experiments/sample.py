@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
@@ -47,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

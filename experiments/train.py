@@ -9,7 +9,6 @@ and defaults); the program is its `train_and_evaluate`, whose docstring lists th
 """
 from __future__ import annotations
 
-from absl import app
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
@@ -28,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,17 +3,26 @@
 Preparation follows rosinality's `prepare_data.py`: convert to RGB, resize the shorter side to
 `size` with LANCZOS (longer side `int(size * long / short)`), centre crop `size` x `size` (offsets
 `round((dim - size) / 2)`). Unlike rosinality (JPEG quality 100) images are stored as PNG, so an
-image that is already `size` x `size` RGB round-trips pixel-exact.
+image that is already `size` x `size` RGB round-trips pixel-exact. Files are decoded by the
+project's one decoder, `l4f_jax.system.image_io.read_rgb` (the rules of `experiments.segment`):
+16-bit and float greyscale are scaled by their depth (Pillow's own `convert('RGB')` clips them to
+all-white or all-black), transparency is composited over white and the EXIF orientation is applied.
 
 Layout: `<data_dir>/<name>/<size>px/1.0.0/`. Features: `image` uint8 [size, size, 3] (PNG), `id`
 int64 (0.. in natural order of the written files), `filename` (path relative to the source folder).
 Records come back in hashed order, so use `id` / `filename` to identify an example. Files are
 found recursively by extension; unreadable ones are skipped, counted and logged.
+
+A prepared dataset records its source folder and a fingerprint of the folder's listing (paths,
+sizes, modification times) in `l4f_counts.json`. Preparing the same name and size again reuses it
+only when both match; another --src, or a source whose files changed, is refused with one line
+unless `overwrite`, which rebuilds it (the old dataset is kept until the new one is complete).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -21,12 +30,13 @@ import re
 import shutil
 import tempfile
 import types
-import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
+
+from l4f_jax.system import image_io
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm")
@@ -67,17 +77,14 @@ def resize_and_crop(img: Image.Image, size: int) -> Image.Image:
 def _load_png(path: str, size: int) -> bytes | None:
   """PNG bytes of the prepared image, or None when the file cannot be read."""
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      with Image.open(path) as img:
-        out = resize_and_crop(img, size)
-    buf = io.BytesIO()
-    out.save(buf, format="PNG")
-    return buf.getvalue()
-  except Exception as e:  # pylint: disable=broad-except  # any decoder failure means "unreadable"
-    logging.warning("Skipping unreadable image %s: %s", path, str(e).splitlines()[0] if str(e) else
-                    type(e).__name__)
+    rgb = image_io.read_rgb(path)
+  except image_io.UnreadableImage as e:
+    logging.warning("Skipping %s", e)
     return None
+  out = resize_and_crop(Image.fromarray(rgb), size)
+  buf = io.BytesIO()
+  out.save(buf, format="PNG")
+  return buf.getvalue()
 
 
 @dataclasses.dataclass(eq=False)
@@ -148,38 +155,93 @@ def dataset_dir(data_dir, name: str, size: int) -> str:
   return os.path.join(os.fspath(data_dir), name, f"{size}px", str(ImageFolderBuilder.VERSION))
 
 
-def prepare_image_folder(src, data_dir, name: str, size: int) -> dict:
+def source_fingerprint(src: str, files: list[str]) -> str:
+  """sha256 (16 hex digits) of the listing of `files` under `src`: paths, sizes, mtimes."""
+  h = hashlib.sha256()
+  for rel in files:
+    st = os.stat(os.path.join(src, rel))
+    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  return h.hexdigest()[:16]
+
+
+def prepare_image_folder(src, data_dir, name: str, size: int, overwrite: bool = False) -> dict:
   """Builds (or reuses) the dataset; returns {'path', 'written', 'skipped', 'reused'}.
 
-  Raises ValueError / FileNotFoundError with a one-line message naming the flag to fix.
+  Raises ValueError / FileNotFoundError with a one-line message naming the flag to fix; an existing
+  dataset of another (or a changed) source is refused unless `overwrite` (module docstring).
   """
   src = os.path.abspath(os.fspath(src))
   if size < 4:
     raise ValueError(f"--size={size}: must be at least 4 pixels")
   cls = builder_class(name)
   out = dataset_dir(data_dir, name, size)
-  if os.path.exists(os.path.join(out, "dataset_info.json")):
-    counts = _read_counts(out)
-    logging.info("Dataset already prepared in %s; delete it to rebuild.", out)
-    return dict(path=out, reused=True, **counts)
+  exists = os.path.exists(os.path.join(out, "dataset_info.json"))
   if not os.path.isdir(src):
+    if exists and not overwrite:  # the dataset alone is enough to train
+      return _reuse(out, name, src, None)
     raise FileNotFoundError(f"--src={src}: not a directory; point it at a folder of images")
-  if not list_images(src):
+  files = list_images(src)
+  if not files:
     raise ValueError(f"--src={src}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found "
                      "(searched recursively)")
-  builder = cls(config=ImageFolderConfig(name=f"{size}px", size=size),
-                data_dir=os.fspath(data_dir), file_format="array_record")
-  with tempfile.TemporaryDirectory() as tmp:  # tfds wants a download dir; nothing is downloaded
-    builder.download_and_prepare(download_dir=tmp, download_config=tfds.download.DownloadConfig(
-        manual_dir=src, try_download_gcs=False))
-  counts = dict(written=builder.num_written, skipped=builder.num_skipped)
-  if counts["written"] == 0:
-    shutil.rmtree(out, ignore_errors=True)
-    raise ValueError(f"--src={src}: none of the {counts['skipped']} image files could be read")
-  _write_json_atomic(os.path.join(out, _COUNTS_FILE), dict(counts, source=src, size=size))
+  fingerprint = source_fingerprint(src, files)
+  if exists and not overwrite:
+    return _reuse(out, name, src, fingerprint)
+  old = None
+  if os.path.lexists(out):  # overwrite: keep the old dataset aside until the new one is complete
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.dirname(out))}.old-",
+                           dir=os.path.dirname(os.path.dirname(out)))
+    os.rename(os.path.dirname(out), os.path.join(old, "x"))
+  try:
+    builder = cls(config=ImageFolderConfig(name=f"{size}px", size=size),
+                  data_dir=os.fspath(data_dir), file_format="array_record")
+    try:
+      with tempfile.TemporaryDirectory() as tmp:  # tfds wants a download dir; nothing downloaded
+        builder.download_and_prepare(download_dir=tmp, download_config=tfds.download.DownloadConfig(
+            manual_dir=src, try_download_gcs=False))
+    except Exception:  # tfds refuses an empty split ("No examples were yielded")
+      if builder.num_written == 0 and builder.num_skipped == len(files):
+        raise ValueError(f"--src={src}: none of the {len(files)} image files could be read") \
+            from None
+      raise
+    counts = dict(written=builder.num_written, skipped=builder.num_skipped)
+    _write_json_atomic(os.path.join(out, _COUNTS_FILE),
+                       dict(counts, source=src, size=size, source_fingerprint=fingerprint))
+  except BaseException:
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+    if old is not None:
+      os.rename(os.path.join(old, "x"), os.path.dirname(out))
+      shutil.rmtree(old, ignore_errors=True)
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
   logging.info("Prepared %s: %d images written, %d unreadable skipped", out, counts["written"],
                counts["skipped"])
   return dict(path=out, reused=False, **counts)
+
+
+def _reuse(out: str, name: str, src: str, fingerprint) -> dict:
+  """The existing dataset at `out` if it was prepared from `src` as it is now (else ValueError)."""
+  stored = _read_json(os.path.join(out, _COUNTS_FILE))
+  old_src = stored.get("source")
+  fix = "pass --overwrite to rebuild it, or another --name"
+  if old_src is not None and os.path.abspath(old_src) != src:
+    raise ValueError(f"--name={name}: {out} was prepared from --src={old_src}, not --src={src}; "
+                     f"{fix}")
+  old_fp = stored.get("source_fingerprint")
+  if fingerprint is not None and old_fp is not None and old_fp != fingerprint:
+    raise ValueError(f"--src={src}: its files changed since {out} was prepared from it; {fix}")
+  logging.info("Dataset already prepared in %s; --overwrite rebuilds it.", out)
+  return dict(path=out, reused=True, **_read_counts(out))
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+    return obj if isinstance(obj, dict) else {}
+  except (OSError, ValueError):
+    return {}
 
 
 def _read_counts(path: str) -> dict:

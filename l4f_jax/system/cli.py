@@ -7,7 +7,8 @@
     train_and_evaluate(from_flags(TrainConfig))
 
 `cli.main(prog)` rejects positional arguments, prints a UserError as one line
-(`prog: error: ...`, exit 2) and an interrupted run's line with exit 130.
+(`prog: error: ...`, exit 2) and an interrupted run's line with exit 130; `cli.run(main)` is
+`app.run` with flag errors reported the same way.
 """
 from __future__ import annotations
 
@@ -47,12 +48,20 @@ def main(prog: str):
   def wrap(fn):
     @errors.cli_main(prog)
     @functools.wraps(fn)
-    def inner(argv):
+    def inner(argv):  # pylint: disable=missing-docstring
       from l4f_jax.system import loop, metrics_log  # pylint: disable=import-outside-toplevel
       metrics_log.quiet_library_logs()
       try:
         return fn(argv)
       except loop.Interrupted as e:
         errors.fail(prog, str(e), code=130)
+    inner.prog = prog
     return inner
   return wrap
+
+
+def run(main_fn) -> None:
+  """`app.run` of a `cli.main`-decorated main, with flag errors (unknown flag, malformed value)
+  reported as the same one line (exit 2)."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  app.run(main_fn, flags_parser=errors.flags_parser(main_fn.prog))

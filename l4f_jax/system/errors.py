@@ -2,12 +2,21 @@
 
 Library code raises `UserError("--flag=value: what is wrong; how to fix it")`. A CLI's `main` is
 wrapped by `cli_main(prog)`, which prints `prog: error: <message>` (one line, no traceback) to stderr
-and exits with status 2. Anything else is a bug and keeps its traceback.
+and exits with status 2. So does a fault of the machine rather than of the program: an OSError (or
+an exception caused by one) saying that the disk is full, a quota or the file size limit is
+exceeded, the file system is read-only or permission is denied, becomes one line naming the file.
+Anything else is a bug and keeps its traceback. `flags_parser(prog)` gives absl's flag errors
+(unknown flag, malformed value, unreadable flagfile) the same one-line form:
+
+  app.run(main, flags_parser=errors.flags_parser("train"))
 """
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
+from typing import Optional
 
 
 class UserError(Exception):
@@ -24,9 +33,81 @@ def fail(prog: str, message: str, code: int = 2):
   sys.exit(code)
 
 
+# errno -> (what happened, what to do). Faults of the machine or of the user's permissions, which
+# no change to the program fixes.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: ("the disk is full", "free space or choose a destination on another disk"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space or choose another destination"),
+    errno.EFBIG: ("the file is too large (file system or `ulimit -f` limit)",
+                  "raise the limit or choose another destination"),
+    errno.EROFS: ("the file system is read-only", "choose a writable destination"),
+    errno.EACCES: ("permission denied", "fix the permissions or choose another path"),
+    errno.EPERM: ("operation not permitted", "fix the permissions or choose another path"),
+}
+
+
+def _from_message(exc: BaseException) -> Optional[OSError]:
+  """An OSError for a library exception that reports an environment errno only in its text
+  (TensorStore: "... File too large [os_error_code='27']", array_record: "write() failed: No space
+  left on device; writing /path"), naming the last absolute path of the text."""
+  import re  # pylint: disable=import-outside-toplevel
+  text = str(exc)
+  m = re.search(r"os_error_code='?(\d+)", text)
+  code = int(m.group(1)) if m and int(m.group(1)) in _ENVIRONMENT_ERRNOS else None
+  if code is None:
+    code = next((c for c in _ENVIRONMENT_ERRNOS if os.strerror(c) in text), None)
+  if code is None:
+    return None
+  paths = re.findall(r"(/[^\s\"';,\]\[]+)", text)
+  return OSError(code, os.strerror(code), paths[-1] if paths else None)
+
+
+def environment_error(exc: BaseException) -> Optional[OSError]:
+  """The OSError with an errno of `_ENVIRONMENT_ERRNOS` that is `exc` or caused it (following
+  __cause__ / __context__; an exception of a storage library that names such an errno only in its
+  message counts too), else None."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+      return exc
+    if not isinstance(exc, (UserError, OSError)):
+      found = _from_message(exc)
+      if found is not None:
+        return found
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def _open_file_in(exc: BaseException) -> Optional[str]:
+  """The name of the innermost open file object among the locals of the frames `exc` went
+  through: a failed `f.write` raises an OSError that does not name its file."""
+  import io  # pylint: disable=import-outside-toplevel
+  import traceback  # pylint: disable=import-outside-toplevel
+  name = None
+  for frame, _ in traceback.walk_tb(exc.__traceback__):
+    for value in frame.f_locals.values():
+      file_name = getattr(value, "name", None) if isinstance(value, io.IOBase) else None
+      if isinstance(file_name, str) and not file_name.startswith("<"):  # not <stderr>
+        name = file_name
+  return name
+
+
+def environment_message(e: OSError) -> str:
+  """One line for an environment OSError: what happened, to which file, what to do."""
+  what, fix = _ENVIRONMENT_ERRNOS[e.errno]
+  files = [os.fspath(f) for f in (e.filename, e.filename2) if f is not None]
+  if not files:
+    name = _open_file_in(e)
+    files = [name] if name else []
+  where = f" at {' -> '.join(str(f) for f in files)}" if files else ""
+  return (f"{what}{where} ([Errno {e.errno}] {os.strerror(e.errno)}); {fix}, then run the "
+          "command again")
+
+
 def cli_main(prog: str):
-  """Decorator for an absl `main(argv)`: rejects positional arguments and turns UserError into one
-  line on stderr with exit status 2."""
+  """Decorator for an absl `main(argv)`: rejects positional arguments and turns UserError (and an
+  environment OSError, see the module docstring) into one line on stderr with exit status 2."""
   def wrap(main):
     @functools.wraps(main)
     def wrapped(argv):
@@ -36,5 +117,22 @@ def cli_main(prog: str):
         return main(argv)
       except UserError as e:
         fail(prog, str(e))
+      except Exception as e:  # pylint: disable=broad-except
+        env = environment_error(e)
+        if env is None:
+          raise  # a bug: keep the traceback
+        fail(prog, environment_message(env))
     return wrapped
   return wrap
+
+
+def flags_parser(prog: str):
+  """An absl `app.run(..., flags_parser=...)` that reports a flag error (unknown flag, malformed
+  value, unreadable --flagfile) as one `prog: error:` line with exit status 2, like a UserError."""
+  def parse(argv):
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(prog, f"{e}; pass --helpfull to list the flags")
+  return parse

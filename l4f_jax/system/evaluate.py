@@ -11,6 +11,11 @@ Three sources of masks (exactly one per run):
                       background rows for the first `grid_samples` samples);
   gt_dir + pred_dir   two folders of PNG masks, official test_customdata.py conventions;
   masks               a root whose class folders each hold one `*_gt` and one `*_pred` folder.
+Before the official scoring (`evaluation.evaluate_mask_folders`, unchanged) every mask is decoded
+once: a file that cannot be decoded is refused with one line naming it, and so is a folder holding
+0/1 masks (values 0 and 1 only, some 1). The official reading counts only 255 as foreground, so
+such masks would silently score foreground IoU 0; save them as 0/255 (or score them with
+`evaluation.evaluate_prediction_folder`, which reads 0/1 folders as such).
 The table is printed (through `log`) and, with `out`, the metrics go to <out>/metrics.json.
 `experiments/evaluate.py` is the CLI (flags derived from EvaluateConfig).
 """
@@ -82,8 +87,36 @@ def class_pairs(root: str) -> dict[str, tuple[str, str]]:
   return pairs
 
 
-def _score_folders(gt: str, pred: str, where: str = "") -> dict:
+def _check_mask_folder(folder: str, where: str = "", flag: str = "") -> None:
+  """Decodes every PNG the official scoring will read; refuses an undecodable file or 0/1 masks
+  (module docstring) with one line."""
+  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  from PIL import Image
+
+  from l4f_jax.method import evaluation
+  zero_one = []
+  for path in evaluation.list_pngs(folder):
+    try:
+      with Image.open(path) as img:
+        grey = np.asarray(img.convert("LA"))[..., 0]  # the official reading (read_mask)
+    except Exception as e:  # pylint: disable=broad-except  # any decoder failure: unreadable mask
+      reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+      raise UserError(f"{where}{path}: unreadable mask ({reason}); replace or remove the file") \
+          from None
+    if grey.size and grey.max() == 1:  # values 0 and 1 only, some 1
+      zero_one.append(os.path.basename(path))
+  if zero_one:
+    raise UserError(f"{where}{flag}{folder}: {len(zero_one)} mask(s) hold only the values 0 and "
+                    f"1 (e.g. {zero_one[0]}); the official scoring counts only 255 as foreground, "
+                    "so they would score foreground IoU 0; save the masks as 0/255")
+
+
+def _score_folders(gt: str, pred: str, where: str = "", flags=("", "")) -> dict:
   from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
+  for folder, flag in zip((gt, pred), flags):
+    if os.path.isdir(folder):
+      _check_mask_folder(folder, where, flag)
   try:
     return evaluation.evaluate_mask_folders(gt, pred)
   except (FileNotFoundError, ValueError) as e:
@@ -98,7 +131,7 @@ def evaluate_folders(cfg: EvaluateConfig) -> dict:
   for flag, path in (("gt_dir", cfg.gt_dir), ("pred_dir", cfg.pred_dir)):
     if not os.path.isdir(path):
       raise UserError(f"--{flag}={path}: not a directory of PNG masks")
-  return _score_folders(cfg.gt_dir, cfg.pred_dir)
+  return _score_folders(cfg.gt_dir, cfg.pred_dir, flags=("--gt_dir=", "--pred_dir="))
 
 
 def evaluate_generated(cfg: EvaluateConfig) -> dict:

@@ -73,9 +73,14 @@ class MetricsWriter:
 def write_json(path: str, obj) -> None:
   """Atomic JSON write (temp file + rename)."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 class _DropLibraryInfo(logging_std.Filter):

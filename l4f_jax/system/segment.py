@@ -128,6 +128,9 @@ def segment(cfg: SegmentConfig) -> dict:
           sheet.append((rgb, a_hw))
       done += len(rgbs)
       metrics_log.log_console(f"segment: {progress.line(min(s + step, len(paths)))}")
+    if done == 0:
+      raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
+                      f"(e.g. {skipped[0]['reason']}); nothing was written")
     if sheet:
       image_io.save_contact_sheet(os.path.join(tmp, "contact_sheet.png"), sheet)
     summary = {"segmented": done, "skipped": len(skipped), "skipped_files": skipped,

@@ -3,7 +3,8 @@
 Layout of a weight directory:
 
   <dir>/config.json   model config (size, style_dim, n_mlp, channel_multiplier, channel_base,
-                      channel_max, lr_mlp), 'contents' (the stored tree names), 'source', 'format'
+                      channel_max, lr_mlp), 'contents' (the stored tree names), 'source', 'format',
+                      'state_sha256' ({file under state/: sha256}, written last)
   <dir>/state/        Orbax StandardCheckpointer checkpoint of a dict with any of:
                         'g_ema', 'g'     Generator params (Flax trees, rosinality names)
                         'd'              Discriminator params
@@ -15,15 +16,25 @@ The same format holds converted PyTorch checkpoints (`python -m experiments.conv
 generator shipped with the project and alpha-only exports from training. Trees are saved as host
 (NumPy) arrays, so a directory written by a process with any number of devices restores in any
 other: the restore target is built from the stored metadata and placed on the first local device.
+
+Damage is detected before any array is used: `load_weights` checks every file under state/ against
+'state_sha256' (a truncated, bit-flipped, missing or replaced file is refused with one line naming
+it; Orbax itself would read many such files as silently different weights), and any error of the
+restore itself becomes one line naming the directory. Directories written before 'state_sha256'
+existed are restored without the file check.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from typing import Any, Optional
 
 import jax
@@ -32,7 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from l4f_jax.models.stylegan2 import Discriminator, Generator, channel_table
-from l4f_jax.system.errors import UserError
+from l4f_jax.system.errors import UserError, environment_error
 
 FORMAT = "l4f_jax.weights"
 VERSION = 1
@@ -41,6 +52,7 @@ STATE_DIR = "state"
 TREE_NAMES = ("g_ema", "g", "d", "latent_avg", "noises", "alpha", "segmenter")
 MODEL_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max",
               "lr_mlp")
+CHECKSUMS = "state_sha256"
 CONVERT_HINT = ("convert a PyTorch checkpoint first: "
                 "python -m experiments.convert --src=<file.pt> --dst=<dir>")
 
@@ -59,6 +71,74 @@ def _quiet_orbax():
     logging.set_verbosity(old)
 
 
+def _is_storage_noise(unraisable) -> bool:
+  """True for the unraisable exceptions of reads and writes abandoned after a failure: TensorStore
+  callbacks that find Orbax's event loop closed, and Orbax coroutines never awaited."""
+  exc, obj = unraisable.exc_value, unraisable.object
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return True
+  code = getattr(obj, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _filter_storage_noise() -> None:
+  """Installs (once) a sys.unraisablehook that drops `_is_storage_noise` and passes on the rest."""
+  if getattr(sys.unraisablehook, "_l4f_storage_filter", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_storage_noise(unraisable):
+      previous(unraisable)
+  hook._l4f_storage_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _held_stderr():
+  """Holds what is written to file descriptor 2 inside the block and writes it out afterwards,
+  unless the block failed with an error that is reported as one line (a UserError, or a full disk
+  and the like, `errors.environment_error`): when a read or write fails, Orbax logs the exception
+  and TensorStore's threads print a traceback per pending array ('Event loop is closed'), most
+  before the exception reaches the caller (the threads' late tracebacks are dropped by
+  `_filter_storage_noise`)."""
+  _filter_storage_noise()
+  sys.stderr.flush()
+  try:
+    saved = os.dup(2)
+  except OSError:  # no stderr to hold
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  chunks = []
+
+  def drain():
+    while True:
+      data = os.read(read_fd, 1 << 16)
+      if not data:
+        return
+      chunks.append(data)
+
+  reader = threading.Thread(target=drain, daemon=True)
+  reader.start()
+  os.dup2(write_fd, 2)
+  os.close(write_fd)
+  keep = True
+  try:
+    yield
+  except BaseException as e:
+    keep = not (isinstance(e, UserError) or environment_error(e) is not None)
+    raise
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees the end
+    os.close(saved)
+    reader.join(timeout=10)
+    os.close(read_fd)
+    if keep and chunks:
+      os.write(2, b"".join(chunks))
+
+
 def is_weight_dir(path: str) -> bool:
   """True if `path` holds a config.json written by `save_weights`."""
   try:
@@ -66,6 +146,37 @@ def is_weight_dir(path: str) -> bool:
       return json.load(f).get("format") == FORMAT
   except (OSError, ValueError, AttributeError):
     return False
+
+
+def _state_digests(state: str) -> dict:
+  """{path relative to the state directory: sha256 hex} of every file under `state`."""
+  out = {}
+  for root, dirs, files in os.walk(state):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      h = hashlib.sha256()
+      with open(full, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+      out[os.path.relpath(full, state).replace(os.sep, "/")] = h.hexdigest()
+  return out
+
+
+def _verify_state(path: str, state: str, recorded) -> None:
+  """Refuses a state directory whose files differ from the digests recorded at save time."""
+  if not isinstance(recorded, dict):
+    raise WeightsError(f"{path}/{CONFIG_FILE}: '{CHECKSUMS}' is malformed; convert the "
+                       "checkpoint again")
+  found = _state_digests(state)
+  for rel, digest in sorted(recorded.items()):
+    if rel not in found:
+      raise WeightsError(f"{path} is incomplete: {STATE_DIR}/{rel} is missing; copy the whole "
+                         f"directory again or {CONVERT_HINT}")
+    if found[rel] != digest:
+      raise WeightsError(f"{path} is damaged: {STATE_DIR}/{rel} differs from the file that was "
+                         f"written (truncated, bit-flipped or replaced); copy the directory again "
+                         f"or {CONVERT_HINT}")
 
 
 def _check_trees(trees: dict) -> None:
@@ -94,21 +205,24 @@ def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
   try:
-    cfg = dict(config)
-    cfg.update(format=FORMAT, version=VERSION, contents=sorted(trees))
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-      json.dump(cfg, f, indent=2, sort_keys=True)
-      f.write("\n")
     host = jax.tree.map(np.asarray, dict(trees))
-    with _quiet_orbax():
+    with _held_stderr(), _quiet_orbax():
       # This process alone writes (weights are host numpy trees): no barrier with other processes,
       # so process 0 of a multi-host job can export while the others carry on or exit.
       me = jax.process_index()
       ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
           primary_host=me, active_processes={me}))
-      ckptr.save(os.path.join(tmp, STATE_DIR), host)
-      ckptr.wait_until_finished()
-      ckptr.close()
+      try:
+        ckptr.save(os.path.join(tmp, STATE_DIR), host)
+        ckptr.wait_until_finished()
+      finally:
+        ckptr.close()
+    cfg = dict(config)
+    cfg.update(format=FORMAT, version=VERSION, contents=sorted(trees))
+    cfg[CHECKSUMS] = _state_digests(os.path.join(tmp, STATE_DIR))
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:  # last: it vouches for the state files
+      json.dump(cfg, f, indent=2, sort_keys=True)
+      f.write("\n")
     if os.path.lexists(dst):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
       os.rename(dst, os.path.join(old, "x"))
@@ -117,9 +231,24 @@ def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -
     else:
       os.rename(tmp, dst)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_tree(tmp)
     raise
   return dst
+
+
+def _remove_tree(path: str, patience: float = 3.0) -> None:
+  """Removes `path`, again while writes abandoned by a failed save still land in it."""
+  deadline = time.monotonic() + patience
+  quiet_since = None
+  while time.monotonic() < deadline:
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+      quiet_since = None
+    elif quiet_since is None:
+      quiet_since = time.monotonic()
+    elif time.monotonic() - quiet_since > 0.3:
+      return
+    time.sleep(0.05)
 
 
 def read_config(path: str) -> dict:
@@ -152,20 +281,27 @@ def load_weights(path: str) -> tuple[dict, dict]:
   state = os.path.abspath(os.path.join(path, STATE_DIR))
   if not os.path.isdir(state):
     raise WeightsError(f"{path} has no {STATE_DIR}/ checkpoint (incomplete copy?); {CONVERT_HINT}")
+  if CHECKSUMS in cfg:
+    _verify_state(path, state, cfg[CHECKSUMS])
   with _quiet_orbax():
     ckptr = ocp.StandardCheckpointer()
   try:
-    with _quiet_orbax():
-      meta = ckptr.metadata(state)
-    meta = getattr(meta, "item_metadata", meta)
-    meta = getattr(meta, "tree", meta)
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta)
-    with _quiet_orbax():
-      trees = ckptr.restore(state, target)
-  except (OSError, ValueError, KeyError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise WeightsError(f"cannot restore {state}: {first}") from None
+    with _held_stderr(), _quiet_orbax():
+      try:
+        meta = ckptr.metadata(state)
+        meta = getattr(meta, "item_metadata", meta)
+        meta = getattr(meta, "tree", meta)
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                              meta)
+        trees = ckptr.restore(state, target)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax / TensorStore report damaged files as bare Exception, ValueError ('DATA_LOSS:
+        # ...'), OSError, KeyError, ...: any failure of the restore means the directory cannot
+        # be read.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"cannot restore {state}: {first[:300]}; copy the directory again "
+                           f"or {CONVERT_HINT}") from None
   finally:
     with _quiet_orbax():
       ckptr.close()
