@@ -137,3 +137,27 @@ def test_segment_outputs_at_the_inputs_own_sizes(world, student):
   assert sorted(os.listdir(out)) == before
   with pytest.raises(UserError, match="is not a segmenter export"):
     segment(resolve(SegmentConfig, segmenter=world["g"], images=str(src), out=str(out / "n")))
+
+
+def test_evaluate_scores_a_segmenter_against_exact_masks(world, student):
+  from l4f_jax.method.evaluation import mask_metrics
+  from l4f_jax.system.evaluate import EvaluateConfig, evaluate
+  full, _ = student
+  imgs, gts = world["base"] / "ev_images", world["base"] / "ev_masks"
+  imgs.mkdir()
+  gts.mkdir()
+  rng = np.random.default_rng(1)
+  gt = {}
+  for i, (h, w) in enumerate(((16, 16), (24, 20), (13, 31))):
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(imgs / f"im{i}.png")
+    gt[f"im{i}"] = rng.random((h, w)) < 0.4
+    Image.fromarray(gt[f"im{i}"].astype(np.uint8)).save(gts / f"im{i}.png")  # 0/1 masks
+  out = world["base"] / "ev_out"
+  result = evaluate(resolve(EvaluateConfig, segmenter=full["export"], images=str(imgs),
+                            gt_masks=str(gts), out=str(out)), log=lambda s: None)
+  pred = {s: np.asarray(Image.open(out / "segment" / "masks" / f"{s}.png")) == 255 for s in gt}
+  want = mask_metrics([gt[s] for s in sorted(gt)], [pred[s] for s in sorted(gt)])
+  assert result["foreground"] == want["foreground"] and result["segmented"] == 3
+  assert json.load(open(out / "metrics.json"))["foreground"] == want["foreground"]
+  with pytest.raises(UserError, match="--images and --gt_masks go together"):
+    evaluate(resolve(EvaluateConfig, segmenter=full["export"], images=str(imgs), out=str(out)))

@@ -4,7 +4,10 @@
   from l4f_jax.system.evaluate import EvaluateConfig, evaluate
   metrics = evaluate(resolve(EvaluateConfig, masks="tests/data/l4f_custom_masks"))
 
-Three sources of masks (exactly one per run):
+Four sources of masks (exactly one per run):
+  segmenter           a student export run on `images` (default: the built-in world's held-out
+                      real test split) and scored against `gt_masks` (paired by stem); the
+                      masks go to <out>/segment, FP (yellow) / FN (cyan) pictures to errors.png;
   generator + alpha   `n` seeded samples of a converted generator and a trained alpha network,
                       scored against the l4f_shapes colour oracle; with `out`, also errors.png
                       (image / alpha / mask / oracle / false positives yellow, negatives cyan /
@@ -30,6 +33,9 @@ from l4f_jax.system import loop
 from l4f_jax.system.errors import UserError
 
 
+REAL_TEST = "workspace/datasets/l4f_shapes_real_test"
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
   """Every option of an evaluation run."""
@@ -47,6 +53,12 @@ class EvaluateConfig:
   pred_dir: Optional[str] = option(None, "Folder of predicted PNG masks (paired by natural sort).")
   masks: Optional[str] = option(None, "Root with one folder per class, each holding *_gt and "
                                 "*_pred.")
+  segmenter: Optional[str] = option(None, "A student segmenter export: segment --images and score "
+                                    "them against --gt_masks.")
+  images: Optional[str] = option(None, "Images for --segmenter (default: the built-in world's real "
+                                 "test split).")
+  gt_masks: Optional[str] = option(None, "Exact masks of --images, paired by file stem (0/255, "
+                                   "0/1 or 16-bit).")
   out: Optional[str] = option(None, "Write metrics.json (and grids) here.")
   grid_samples: int = option(16, "Samples shown in the error grid.", ge=1)
 
@@ -54,10 +66,22 @@ class EvaluateConfig:
 def check(cfg: EvaluateConfig) -> str:
   """The mode ('generated', 'folders' or 'classes') after the checks that need no work."""
   modes = {"generated": bool(cfg.generator), "folders": bool(cfg.gt_dir or cfg.pred_dir),
-           "classes": bool(cfg.masks)}
+           "classes": bool(cfg.masks), "segmenter": bool(cfg.segmenter)}
   if sum(modes.values()) != 1:
-    raise UserError("pass exactly one of --generator (+ --alpha), --gt_dir + --pred_dir, or "
-                    "--masks")
+    raise UserError("pass exactly one of --generator (+ --alpha), --gt_dir + --pred_dir, "
+                    "--masks, or --segmenter (+ --images and --gt_masks)")
+  if modes["segmenter"]:
+    if not cfg.out:
+      raise UserError("--segmenter needs --out=<dir> (the masks it writes are scored)")
+    if bool(cfg.images) != bool(cfg.gt_masks):
+      raise UserError("--images and --gt_masks go together (or pass neither for the built-in "
+                      f"real test split {REAL_TEST})")
+    for flag, path in (("images", cfg.images or REAL_TEST + "/images"),
+                       ("gt_masks", cfg.gt_masks or REAL_TEST + "/masks")):
+      if not os.path.isdir(path):
+        raise UserError(f"--{flag}={path}: no such directory"
+                        + ("" if cfg.images else "; run the main command (experiments.pipeline) "
+                           "once to build the real test split"))
   if modes["folders"] and not (cfg.gt_dir and cfg.pred_dir):
     raise UserError("--gt_dir and --pred_dir go together")
   if modes["generated"] and not cfg.alpha:
@@ -172,13 +196,28 @@ def evaluate_generated(cfg: EvaluateConfig) -> dict:
   return result
 
 
+def evaluate_segmenter(cfg: EvaluateConfig) -> dict:
+  """Segments the images (into <out>/segment) and scores the masks against the exact ones, paired
+  by stem; FP (yellow) / FN (cyan) pictures in <out>/errors.png."""
+  from l4f_jax.system.pipeline import score_segmenter  # pylint: disable=import-outside-toplevel
+  images = cfg.images or os.path.join(REAL_TEST, "images")
+  gt = cfg.gt_masks or os.path.join(REAL_TEST, "masks")
+  result = score_segmenter(cfg.segmenter, images, gt, os.path.join(cfg.out, "segment"),
+                           errors_png=os.path.join(cfg.out, "errors.png"))
+  result.update(source="segmenter", images=images, gt_masks=gt)
+  return result
+
+
 def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
   """Scores the masks `cfg` names, logs the table (and the metrics.json written); returns the
   metrics."""
   from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
   from l4f_jax.system.metrics_log import write_json  # pylint: disable=import-outside-toplevel
   mode = check(cfg)
-  result = evaluate_generated(cfg) if mode == "generated" else evaluate_folders(cfg)
+  if mode == "segmenter":
+    result = evaluate_segmenter(cfg)
+  else:
+    result = evaluate_generated(cfg) if mode == "generated" else evaluate_folders(cfg)
   log(evaluation.format_table(result))
   if cfg.out:
     os.makedirs(cfg.out, exist_ok=True)
