@@ -132,7 +132,7 @@ def _fake_training(run, start, end, nan_at=None, signal_at=None, save_every=4, l
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_path):
   run = _open(tmp_path / "w")
   try:
-    with pytest.raises(UserError, match=r"^iteration 9: non-finite loss=nan; .* last finite "
+    with pytest.raises(UserError, match=r"^iteration 9: non-finite loss=nan; .* last good "
                                         r"checkpoint is iteration 8"):
       _fake_training(run, 0, 20, nan_at=9)  # checked at every log (9) and save (7, 11) point
   finally:
@@ -146,7 +146,7 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_p
     run.close()
   run = _open(tmp_path / "w2")
   try:
-    with pytest.raises(UserError, match=r"^iteration 7: .* last finite checkpoint is iteration 4"):
+    with pytest.raises(UserError, match=r"^iteration 7: .* last good checkpoint is iteration 4"):
       _fake_training(run, 0, 20, nan_at=7)  # caught at the save point 7: checkpoint 8 never written
     assert run.ckpt.all_steps() == [4]
   finally:
@@ -194,3 +194,34 @@ def test_resume_identity_mismatch_is_refused(tmp_path):
 def test_tree_is_finite():
   assert loop.tree_is_finite({"a": np.ones(3), "b": [np.zeros(2, np.int32)]})
   assert not loop.tree_is_finite({"a": np.array([1.0, np.inf])})
+
+
+def test_collapse_watch():
+  from l4f_jax.system.train_labels4free import collapse_guard, collapse_reason
+  ok = {"alpha_mean": 0.4, "alpha_frac_fg": 0.35}
+  assert collapse_reason(ok, 0.95) is None
+  assert "all foreground" in collapse_reason({"alpha_mean": 0.97, "alpha_frac_fg": 0.9}, 0.95)
+  assert "all foreground" in collapse_reason({"alpha_mean": 0.9, "alpha_frac_fg": 0.96}, 0.95)
+  assert "all background" in collapse_reason({"alpha_mean": 0.03, "alpha_frac_fg": 0.0}, 0.95)
+  stop, warn = collapse_guard("stop", 0.95), collapse_guard("warn", 0.95)
+  assert collapse_guard("off", 0.95) is None
+  assert stop({"alpha_mean": 0.99, "alpha_frac_fg": 0.99}).startswith("A collapsed")
+  assert warn({"alpha_mean": 0.99, "alpha_frac_fg": 0.99}) is None  # warns, keeps running
+
+
+def test_guard_stops_the_run_like_a_nonfinite_loss(tmp_path):
+  from l4f_jax.system.train_labels4free import collapse_guard
+  run = _open(tmp_path / "w")
+  try:
+    state = {"w": jnp.zeros(()), "step": jnp.zeros((), jnp.int32)}
+    step = jax.jit(lambda s, x: ({"w": s["w"] + x, "step": s["step"] + 1},
+                                {"alpha_mean": 0.4 + 0.06 * x, "alpha_frac_fg": 0.3 + 0 * x}))
+    batches = ((i, jnp.float32(i)) for i in range(20))
+    # alpha_mean passes 0.95 at iteration 10 (1.0), a log point: checkpoint 12 is never saved.
+    with pytest.raises(UserError, match=r"^iteration 10: A collapsed to all foreground .* last "
+                                        r"good checkpoint is iteration 8"):
+      loop.train_loop(state, batches, lambda i, s, b: step(s, b), run=run, start=0, end=20,
+                      log_every=5, save_every=4, guard=collapse_guard("stop", 0.95))
+    assert run.ckpt.all_steps() == [4, 8]
+  finally:
+    run.close()

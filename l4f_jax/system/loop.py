@@ -17,7 +17,8 @@ flags.json, written atomically.
 - console progress with it/s and ETA, metrics.jsonl and TensorBoard scalars (process 0);
 - a finiteness check of the metrics at every log and every checkpoint: a non-finite loss stops
   the run with one line naming the iteration, and a non-finite state is never saved, so the last
-  checkpoint stays the last finite one;
+  checkpoint stays the last finite one (a program's `guard`, e.g. Labels4Free's collapse watch,
+  stops a run the same way);
 - checkpoints every `save_every` iterations and at the end (Orbax, asynchronous, last `keep`);
 - a clean stop on Ctrl-C / SIGTERM: the pending checkpoint is finished, files are closed and
   `Interrupted` is raised (the CLIs exit with status 130).
@@ -254,12 +255,15 @@ class _Signals:
 def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: int, end: int,
                log_every: int, save_every: int, sample_every: int = 0,
                on_sample: Optional[Callable[[int, Any], None]] = None,
-               console_keys: Iterable[str] = (), sticky_keys: Iterable[str] = ()):
+               console_keys: Iterable[str] = (), sticky_keys: Iterable[str] = (),
+               guard: Optional[Callable[[dict], Optional[str]]] = None):
   """Runs iterations start .. end - 1 (module docstring); returns the final state.
 
   batches: iterable of (i, batch); step_fn(i, state, batch) -> (state, metrics of scalars).
   `sticky_keys` are metrics only some iterations produce (e.g. R1): the latest value is logged.
   `on_sample(i, state)` runs after iterations i with i % sample_every == 0 and the last one.
+  `guard(metrics) -> reason or None` is checked with the finiteness check: a reason stops the run
+  the same way (one line naming the iteration; that state is never checkpointed).
   """
   progress = metrics_log.Progress(start, end)
   in_flight = collections.deque()
@@ -270,12 +274,14 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
 
   def check(i, m):
     bad = nonfinite(m)
-    if bad:
-      where = (f"the last finite checkpoint is iteration {saved} in {run.ckpt.directory}"
+    reason = (f"non-finite {', '.join(f'{k}={float(np.asarray(m[k]))}' for k in bad[:3])}"
+              if bad else guard(m) if guard else None)
+    if reason:
+      where = (f"the last good checkpoint is iteration {saved} in {run.ckpt.directory}"
                if saved else "no checkpoint was saved")
       run.ckpt.wait()
-      raise UserError(f"iteration {i}: non-finite {', '.join(f'{k}={float(np.asarray(m[k]))}' for k in bad[:3])}; "
-                      f"the run stopped and {where}; lower --lr or check the inputs")
+      fix = "lower --lr or check the inputs" if bad else "see the README's collapse watch"
+      raise UserError(f"iteration {i}: {reason}; the run stopped and {where}; {fix}")
 
   with _Signals() as signals:
     try:

@@ -27,6 +27,7 @@ import os
 from typing import Optional
 
 import jax
+from absl import logging
 
 from l4f_jax.config import option, to_dict
 from l4f_jax.method import inference
@@ -74,6 +75,11 @@ class TrainConfig:
   emulate_devices: int = option(0, "Behave as this many devices (a multiple of those in use): "
                                 "global batch and stddev groups of an E-device run (0 = off).",
                                 ge=0)
+  collapse: str = option("warn", "Collapse watch (official issue 7: A marks every pixel foreground, "
+                         "or none): warn, stop the run (the collapsed state is never "
+                         "checkpointed), or off.", choices=("warn", "stop", "off"))
+  collapse_alpha: float = option(0.95, "Collapse when the batch's alpha_mean or alpha_frac_fg "
+                                 "reaches this (or alpha_mean falls to 1 - this).", gt=0.5, le=1)
   dtype: str = option("float32", "Compute dtype of G and D (A, losses and optimizers stay "
                       "float32).", choices=("float32", "bfloat16"))
 
@@ -103,6 +109,37 @@ def _grid_columns(out: dict) -> dict:
     for label, k in names:
       cols[label + tag] = out[k][s:s + GRID_COLS]
   return cols
+
+
+def collapse_reason(metrics: dict, limit: float):
+  """Why the logged monitors say A collapsed (None if they do not): alpha_mean or alpha_frac_fg
+  >= limit (every pixel foreground: x_c becomes a real sample, the binarization loss is zero) or
+  alpha_mean <= 1 - limit (every pixel background)."""
+  mean, frac = float(metrics.get("alpha_mean", 0.5)), float(metrics.get("alpha_frac_fg", 0.0))
+  if mean >= limit or frac >= limit:
+    return (f"A collapsed to all foreground (alpha_mean {mean:.3f}, alpha_frac_fg {frac:.3f} >= "
+            f"--collapse_alpha={limit})")
+  if mean <= 1 - limit:
+    return f"A collapsed to all background (alpha_mean {mean:.3f} <= {1 - limit:.3f})"
+  return None
+
+
+def collapse_guard(mode: str, limit: float):
+  """The loop guard of --collapse: 'stop' returns the reason, 'warn' logs it once, 'off' is None."""
+  if mode == "off":
+    return None
+  warned = []
+
+  def guard(metrics):
+    reason = collapse_reason(metrics, limit)
+    if reason and mode == "stop":
+      return reason
+    if reason and not warned:
+      warned.append(reason)
+      logging.warning("%s; --collapse=stop stops such a run, w_bg > 0 (--bg_coverage_wt) guards "
+                      "against it", reason)
+    return None
+  return guard
 
 
 def _devices(cfg: TrainConfig):
@@ -227,7 +264,8 @@ def _train(cfg, run, gen, models, method, mesh, loader, n_dev, devices, global_b
                           sample_every=cfg.model_save_freq, on_sample=on_sample,
                           console_keys=("d_loss", "a_loss", "real_score", "fake_score",
                                         "alpha_mean", "alpha_frac_fg"),
-                          sticky_keys=("r1", "r1_quirk", "r1_loss"))
+                          sticky_keys=("r1", "r1_quirk", "r1_loss"),
+                          guard=collapse_guard(cfg.collapse, cfg.collapse_alpha))
   done = int(jax.device_get(state.step))
   if run.latest != done:
     run.save(done, state)
