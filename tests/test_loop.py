@@ -225,3 +225,20 @@ def test_guard_stops_the_run_like_a_nonfinite_loss(tmp_path):
     assert run.ckpt.all_steps() == [4, 8]
   finally:
     run.close()
+
+
+def test_staged_directories_follow_the_umask(tmp_path):
+  from l4f_jax.system import files
+  old = os.umask(0o022)
+  try:
+    tmp = files.staging_dir(str(tmp_path / "out"))
+    assert os.stat(tmp).st_mode & 0o777 == 0o755
+    open(os.path.join(tmp, "a"), "w").close()
+    files.replace_dir(tmp, str(tmp_path / "out"))
+    tmp = files.staging_dir(str(tmp_path / "out"))
+    files.replace_dir(tmp, str(tmp_path / "out"))  # replaces the old one
+    assert os.listdir(tmp_path / "out") == [] and sorted(os.listdir(tmp_path)) == ["out"]
+    os.umask(0o002)
+    assert os.stat(files.staging_dir(str(tmp_path / "g"))).st_mode & 0o777 == 0o775
+  finally:
+    os.umask(old)

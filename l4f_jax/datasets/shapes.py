@@ -499,6 +499,7 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
   split with other parameters or an incomplete one (never a folder that is not a split).
   """
   import shutil  # pylint: disable=import-outside-toplevel
+  from l4f_jax.system import files  # pylint: disable=import-outside-toplevel
   from l4f_jax.system.errors import UserError  # pylint: disable=import-outside-toplevel
   params = _heldout_params(size, n, seed, photo_effects)
   out_dir = os.path.abspath(os.fspath(out_dir))
@@ -516,7 +517,7 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
   old = None
   try:
     _write_heldout(tmp, params)
-    os.chmod(tmp, 0o755)
+    os.chmod(tmp, files.dir_mode())
     if replace:
       old = tempfile.mkdtemp(dir=parent, prefix=f".old_{name}_")
       os.rename(out_dir, os.path.join(old, name))

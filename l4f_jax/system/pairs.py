@@ -33,7 +33,7 @@ import numpy as np
 from l4f_jax.config import option, to_dict
 from l4f_jax.method import inference
 from l4f_jax.models.alpha import AlphaNetwork
-from l4f_jax.system import loop, metrics_log, sharding, training, weights
+from l4f_jax.system import files, loop, metrics_log, sharding, training, weights
 from l4f_jax.system.errors import UserError
 
 SUMMARY = "pairs.json"
@@ -104,7 +104,7 @@ def make_pairs(cfg: PairsConfig) -> dict:
 
 def _shared_tmpdir(parent: str, name: str) -> str:
   """A temporary directory next to `out`, the same on every process (process 0 names it)."""
-  path = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent) if jax.process_index() == 0 else ""
+  path = files.staging_dir(os.path.join(parent, name)) if jax.process_index() == 0 else ""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     data = np.frombuffer(path.encode().ljust(4096, b"\0"), np.uint8)
@@ -175,13 +175,7 @@ def _build(cfg, gen, tmp, out, alpha_fingerprint: str) -> dict:
              "alpha_fingerprint": alpha_fingerprint,
              "path": os.path.relpath(os.fspath(builder.data_dir), tmp)}
   metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-  if os.path.lexists(out):
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-    os.rename(out, os.path.join(old, "x"))
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.rename(tmp, out)
+  files.replace_dir(tmp, out)
   metrics_log.log_console(f"pairs: {kept} of {cfg.n} samples kept ({cfg.n - kept} dropped by "
                           f"--max_undecided={cfg.max_undecided}) in {out}")
   return dict(summary, path=os.path.join(out, summary["path"]))

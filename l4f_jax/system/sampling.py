@@ -16,7 +16,6 @@ import dataclasses
 import os
 import re
 import shutil
-import tempfile
 from typing import Optional
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 from l4f_jax.config import option
 from l4f_jax.method import inference
 from l4f_jax.models.alpha import AlphaNetwork
-from l4f_jax.system import images, loop, training, weights
+from l4f_jax.system import files, images, loop, training, weights
 from l4f_jax.system.errors import UserError
 
 # Every file `sample` writes: the grids and the per-sample PNGs of the alpha outputs.
@@ -79,21 +78,6 @@ def check_out(out: str, overwrite: bool) -> str:
   return out
 
 
-def _replace_dir(tmp: str, dst: str) -> None:
-  """Renames the finished folder `tmp` to `dst`, moving an existing `dst` aside first."""
-  if os.path.isdir(dst) and os.listdir(dst):
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
-    os.rename(dst, os.path.join(old, "x"))
-    try:
-      os.rename(tmp, dst)
-    except BaseException:
-      os.rename(os.path.join(old, "x"), dst)  # put the earlier samples back
-      raise
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.replace(tmp, dst)  # over a missing or empty directory
-
-
 def sample(cfg: SampleConfig) -> list[str]:
   """Writes the sample pictures of `cfg` into `cfg.out`; returns the paths written."""
   out = check_out(cfg.out, cfg.overwrite)
@@ -115,13 +99,11 @@ def sample(cfg: SampleConfig) -> list[str]:
                                 truncation=cfg.truncation, threshold=cfg.threshold,
                                 independent_bg=alpha_net is not None,
                                 background_mode=cfg.background_mode)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+  tmp = files.staging_dir(out)
   try:
-    os.chmod(tmp, 0o755)
     names = _write(tmp, outs, cfg, alpha_net is not None)
     check_out(out, cfg.overwrite)  # again: something may have appeared there meanwhile
-    _replace_dir(tmp, out)
+    files.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import os
 import shutil
-import tempfile
 from typing import Optional
 
 import jax
@@ -32,7 +31,7 @@ import numpy as np
 
 from l4f_jax.config import option
 from l4f_jax.method import student as student_lib
-from l4f_jax.system import image_io, loop, metrics_log, sharding
+from l4f_jax.system import files, image_io, loop, metrics_log, sharding
 from l4f_jax.system.errors import UserError
 from l4f_jax.system.train_student import Segmenter, load_segmenter
 
@@ -101,7 +100,7 @@ def segment(cfg: SegmentConfig) -> dict:
   run = predictor(seg, mesh)
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+  tmp = files.staging_dir(out)
   skipped, sheet, done = [], [], 0
   progress = metrics_log.Progress(0, len(paths))
   try:
@@ -137,13 +136,7 @@ def segment(cfg: SegmentConfig) -> dict:
                "threshold": threshold, "segmenter": os.path.abspath(cfg.segmenter),
                "size": seg.size, "images": cfg.images}
     metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    if os.path.exists(out):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-      os.rename(out, os.path.join(old, "x"))
-      os.rename(tmp, out)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out)
+    files.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

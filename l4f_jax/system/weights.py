@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Optional
@@ -43,6 +42,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from l4f_jax.models.stylegan2 import Discriminator, Generator, channel_table
+from l4f_jax.system import files
 from l4f_jax.system.errors import UserError, environment_error
 
 FORMAT = "l4f_jax.weights"
@@ -151,9 +151,9 @@ def is_weight_dir(path: str) -> bool:
 def _state_digests(state: str) -> dict:
   """{path relative to the state directory: sha256 hex} of every file under `state`."""
   out = {}
-  for root, dirs, files in os.walk(state):
+  for root, dirs, names in os.walk(state):
     dirs.sort()
-    for name in sorted(files):
+    for name in sorted(names):
       full = os.path.join(root, name)
       h = hashlib.sha256()
       with open(full, "rb") as f:
@@ -201,9 +201,7 @@ def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -
       raise WeightsError(f"{dst} already exists; choose a new destination or pass --overwrite")
     if not os.path.isdir(dst) or (os.listdir(dst) and not is_weight_dir(dst)):
       raise WeightsError(f"{dst} exists and is not a weight directory; refusing to overwrite it")
-  parent = os.path.dirname(dst)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
+  tmp = files.staging_dir(dst)
   try:
     host = jax.tree.map(np.asarray, dict(trees))
     with _held_stderr(), _quiet_orbax():
@@ -223,13 +221,7 @@ def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -
     with open(os.path.join(tmp, CONFIG_FILE), "w") as f:  # last: it vouches for the state files
       json.dump(cfg, f, indent=2, sort_keys=True)
       f.write("\n")
-    if os.path.lexists(dst):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
-      os.rename(dst, os.path.join(old, "x"))
-      os.rename(tmp, dst)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, dst)
+    files.replace_dir(tmp, dst)
   except BaseException:
     _remove_tree(tmp)
     raise
