@@ -25,7 +25,7 @@ from l4f_jax.models.stylegan2 import N_MEAN_LATENT, Discriminator, Generator, me
 from l4f_jax.system import sharding
 
 STREAMS = {"alpha_init": 0, "d_init": 1, "w_avg": 2, "grid": 3, "train": 4, "eval": 5, "pairs": 6,
-           "student_init": 7, "student_grid": 8}
+           "student_init": 7, "student_grid": 8, "invert": 9, "edit": 10}
 # Run properties a checkpoint cannot be resumed across (see `incompatibilities`).
 RUN_KEYS = ("generator", "size", "batch", "devices")
 

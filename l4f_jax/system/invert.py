@@ -1,0 +1,250 @@
+"""Real images through G: masks by GAN inversion (`experiments.invert`).
+
+  from l4f_jax.config import resolve
+  from l4f_jax.system.invert import InvertConfig, invert
+  summary = invert(resolve(InvertConfig, generator=G_DIR, alpha=A_DIR, images="photos/", out="inv"))
+
+Each input (decoded by `image_io.read_rgb`, resized to G's size by `image_io.to_model_input`) is
+projected into G by `method.inversion` (latent w or w+ and the noise maps; rosinality's projector
+with a loss that needs no downloaded weights), then A reads the features of G at the found latent:
+
+  <out>/masks/<stem>.png    0 / 255 at the input's own size: 255 where A's alpha > threshold (0.9)
+  <out>/latents/<stem>.npy  the latent, float32 [style_dim] (w) or [n_latent, style_dim] (w+)
+  <out>/noise/<stem>.npz    its noise maps n0, n1, ... [r, r, 1] (G(latent, noise) = the recon)
+  <out>/recon/<stem>.png    G(latent, noise) at G's size
+  <out>/grid.png            input / recon / alpha / mask of the first inputs
+  <out>/metrics.json        PSNR of every recon (dB, against the model-size input) and their mean,
+                            seconds per image and images per second of the inversion (compile
+                            excluded, reported apart), skipped files, the settings
+
+Batches of `batch` images per device run as one jitted program whose inputs are sharded over a
+Mesh of all local devices (every image's optimisation is independent: its random draws come from
+fold_in(stream 'invert' of --seed, its index), so its result does not depend on the batch or the
+device count). Unreadable files are skipped and named. Outputs go to a temporary directory next to
+`out`, renamed into place at the end; an existing non-empty `out` is refused unless `overwrite`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l4f_jax.config import nested, option, to_dict
+from l4f_jax.method import inversion
+from l4f_jax.models.alpha import AlphaNetwork, select_features
+from l4f_jax.models.stylegan2 import N_MEAN_LATENT
+from l4f_jax.system import image_io, images, loop, metrics_log, sharding, training
+from l4f_jax.system.errors import UserError
+from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
+
+SUMMARY = "metrics.json"
+LOSSES = ("pixel", "d_features", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class InvertConfig:
+  generator: str = option("experiments/assets/shapes64", "Generator weight directory.",
+                          nonempty=True)
+  alpha: str = option("workspace/runs/shapes/alpha", "Alpha export trained on --generator "
+                      "(a training run's alpha/).", nonempty=True)
+  images: str = option("", "A folder of images (searched recursively) or comma-separated files.",
+                       nonempty=True)
+  out: str = option("", "Output directory (masks/, latents/, noise/, recon/, metrics.json).",
+                    nonempty=True)
+  overwrite: bool = option(False, "Replace an existing non-empty --out.")
+  loss: str = option("pixel", "Image loss: pixel = squared error of pixels and image gradients on "
+                     "a pyramid; d_features = LPIPS-like distance of the generator directory's "
+                     "discriminator features + pixel; mse = plain pixel MSE.", choices=LOSSES)
+  threshold: float = option(0.9, "Hard mask = alpha > threshold (official rule).", ge=0, lt=1)
+  batch: int = option(16, "Images per device per program.", ge=1)
+  seed: int = option(0, "Seed of w-bar / sigma_w and of the per-image noise and jitter draws.")
+  sheet_items: int = option(16, "Inputs shown in grid.png (0 = none).", ge=0)
+  projector: inversion.ProjectorConfig = nested(inversion.ProjectorConfig)
+
+
+def image_loss(name: str, gen: LoadedGenerator) -> inversion.ImageLoss:
+  """The `--loss` callable (x, target) -> scalar."""
+  if name == "pixel":
+    return inversion.pixel_gradient_loss
+  if name == "mse":
+    return lambda x, t: jnp.mean(jnp.square(x - t))
+  if "d" not in gen.trees:
+    raise UserError(f"--loss=d_features needs a discriminator ('d') in --generator={gen.path}, "
+                    f"which holds {sorted(gen.trees)}; pass --loss=pixel")
+  return inversion.d_feature_loss(gen.discriminator(stddev_group=1), gen.trees["d"])
+
+
+def check_out(out: str, overwrite: bool, flag: str = "--out") -> str:
+  """Absolute `out`; refuses a file, an unwritable place, or a non-empty directory without
+  `overwrite`."""
+  path = os.path.abspath(out)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{flag}={out} is a file; pass a directory")
+  if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    raise UserError(f"{flag}={out} is not empty; choose a new directory or pass --overwrite")
+  loop.check_writable_dir(path, flag)
+  return path
+
+
+def make_tmp(out: str) -> str:
+  """A temporary directory next to `out` (same file system, so `publish` is a rename)."""
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+
+
+def publish(tmp: str, out: str) -> None:
+  """Renames `tmp` to `out`, replacing an existing `out` only after the new one is in place."""
+  if os.path.exists(out):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+    os.rename(out, os.path.join(old, "x"))
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, out)
+
+
+def inverter(gen: LoadedGenerator, alpha_params, cfg: InvertConfig, mesh):
+  """fn(images [N, S, S, 3] in [-1, 1], indices [N] int32), N a multiple of the mesh size ->
+  dict of NumPy arrays: recon, alpha [N, S, S, 1], latent, noise (list), loss, psnr [N]. Inputs are
+  sharded over the mesh; the compiled program is built on the first call (`fn.compile(shape)`
+  builds it ahead)."""
+  G, A = gen.module, AlphaNetwork(gen.size)
+  loss_fn = image_loss(cfg.loss, gen)
+  pcfg = cfg.projector
+  w_avg = training.w_avg(G, gen.params, cfg.seed)
+  _, sigma = jax.jit(lambda p, k: inversion.latent_std(G, p, k, N_MEAN_LATENT))(
+      gen.params, training.stream_key(cfg.seed, "w_avg"))
+  base = training.stream_key(cfg.seed, "invert")
+
+  def run(g_params, a_params, w_avg, sigma, target, index):
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+    state = inversion.init_state(keys, w_avg, generator=G, cfg=pcfg)
+    state, terms = inversion.project(state, target, keys, g_params, sigma, generator=G, cfg=pcfg,
+                                     loss_fn=loss_fn)
+    recon, feats = inversion.synthesize(state.latent, state.noise, g_params, generator=G)
+    alpha = A.apply({"params": a_params}, select_features(feats, G.size))
+    return dict(recon=recon, alpha=alpha, latent=state.latent, noise=state.noise,
+                loss=terms["loss"], psnr=inversion.psnr(recon, target))
+
+  rep = lambda t: sharding.replicate(t, mesh)
+  consts = (rep(gen.params), rep(alpha_params), rep(w_avg), rep(sigma))
+  shd = jax.sharding.NamedSharding(mesh, sharding.SHARDED)
+  fn = jax.jit(run)
+  compiled = {}
+
+  def compile_for(n: int):
+    if n not in compiled:
+      x = jax.ShapeDtypeStruct((n, G.size, G.size, 3), jnp.float32, sharding=shd)
+      i = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=shd)
+      compiled[n] = fn.lower(*consts, x, i).compile()
+    return compiled[n]
+
+  def call(x, index):
+    prog = compile_for(len(x))
+    out = prog(*consts, jax.device_put(x, shd), jax.device_put(np.asarray(index, np.int32), shd))
+    return jax.tree.map(np.asarray, jax.device_get(out))
+
+  call.compile = compile_for
+  return call
+
+
+def invert_arrays(gen: LoadedGenerator, alpha_params, x: np.ndarray, cfg: InvertConfig,
+                  mesh=None, first_index: int = 0) -> dict:
+  """Inverts model-size images [N, S, S, 3] in [-1, 1] in padded batches -> the `inverter` dict
+  (NumPy, N rows); image k draws from index first_index + k."""
+  mesh = mesh or sharding.make_mesh(len(jax.local_devices()))
+  step = cfg.batch * mesh.devices.size
+  run = inverter(gen, alpha_params, cfg, mesh)
+  parts = []
+  for s in range(0, len(x), step):
+    chunk = x[s:s + step]
+    pad = step - len(chunk)
+    xb = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    out = run(xb, first_index + s + np.arange(step))
+    parts.append(jax.tree.map(lambda a: a[:len(chunk)], out))
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+
+
+def _write_one(tmp: str, stem: str, rgb, out: dict, k: int, threshold: float) -> None:
+  a_hw = image_io.alpha_to_original(out["alpha"][k], rgb.shape[:2])
+  images.save_png(os.path.join(tmp, "masks", f"{stem}.png"),
+                  np.where(a_hw > threshold, 255, 0).astype(np.uint8))
+  images.save_png(os.path.join(tmp, "recon", f"{stem}.png"), out["recon"][k])
+  np.save(os.path.join(tmp, "latents", f"{stem}.npy"), out["latent"][k].astype(np.float32))
+  np.savez(os.path.join(tmp, "noise", f"{stem}.npz"),
+           **{f"n{j}": n[k].astype(np.float32) for j, n in enumerate(out["noise"])})
+
+
+def invert(cfg: InvertConfig) -> dict:
+  """Inverts every input (module docstring); returns the summary written to metrics.json."""
+  out = check_out(cfg.out, cfg.overwrite)
+  paths = image_io.list_inputs(cfg.images)
+  if not paths:
+    raise UserError(f"--images={cfg.images}: no images found")
+  gen = load_generator(cfg.generator)
+  alpha_params = load_alpha(cfg.alpha, gen)
+  root = cfg.images if os.path.isdir(cfg.images) else None
+  stems = image_io.output_stems(paths, root)
+  mesh = sharding.make_mesh(len(jax.local_devices()))
+  step = cfg.batch * mesh.devices.size
+  run = inverter(gen, alpha_params, cfg, mesh)
+  t0 = time.perf_counter()
+  run.compile(step)
+  compile_s = time.perf_counter() - t0
+  tmp = make_tmp(out)
+  skipped, sheet, psnrs, seconds = [], [], {}, 0.0
+  progress = metrics_log.Progress(0, len(paths))
+  try:
+    for d in ("masks", "recon", "latents", "noise"):
+      os.makedirs(os.path.join(tmp, d))
+    for s in range(0, len(paths), step):
+      chunk, rgbs = [], []
+      for path, stem in zip(paths[s:s + step], stems[s:s + step]):
+        try:
+          rgbs.append(image_io.read_rgb(path))
+          chunk.append(stem)
+        except image_io.UnreadableImage as e:
+          skipped.append({"file": path, "reason": str(e)})
+          metrics_log.log_console(f"skipped {e}")
+      if not rgbs:
+        continue
+      x = np.stack([image_io.to_model_input(r, gen.size) for r in rgbs])
+      x = np.concatenate([x, np.zeros((step - len(x),) + x.shape[1:], x.dtype)])
+      t1 = time.perf_counter()
+      res = run(x, s + np.arange(step))
+      seconds += time.perf_counter() - t1
+      for k, (stem, rgb) in enumerate(zip(chunk, rgbs)):
+        _write_one(tmp, stem, rgb, res, k, cfg.threshold)
+        psnrs[stem] = round(float(res["psnr"][k]), 3)
+        if len(sheet) < cfg.sheet_items:
+          sheet.append((x[k], res["recon"][k], res["alpha"][k], res["alpha"][k] > cfg.threshold))
+      metrics_log.log_console(f"invert: {progress.line(min(s + step, len(paths)))}")
+    if not psnrs:
+      raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
+                      f"(e.g. {skipped[0]['reason']}); nothing was written")
+    if sheet:
+      cols = list(zip(*sheet))
+      images.save_grid(os.path.join(tmp, "grid.png"),
+                       {"image": np.stack(cols[0]), "recon": np.stack(cols[1]),
+                        "alpha": np.stack(cols[2]), "mask": np.stack(cols[3])})
+    n = len(psnrs)
+    summary = {"inverted": n, "skipped": len(skipped), "skipped_files": skipped,
+               "psnr": psnrs, "psnr_mean": round(float(np.mean(list(psnrs.values()))), 3),
+               "seconds_per_image": seconds / n, "images_per_second": n / max(seconds, 1e-9),
+               "compile_seconds": compile_s, "devices": int(mesh.devices.size),
+               "generator": os.path.abspath(cfg.generator),
+               "generator_fingerprint": gen.fingerprint, "alpha": os.path.abspath(cfg.alpha),
+               "size": gen.size, "images": cfg.images, "config": to_dict(cfg)}
+    metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
+    publish(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return summary
