@@ -42,7 +42,7 @@ from absl import flags
 
 from l4f_jax.system import cli
 from l4f_jax.system.benchmarking import BENCHMARKS, Args, load, report
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.flops import CONFIGS
 
 _WHAT = flags.DEFINE_string("what", "generator", "Benchmark(s) to run, comma-separated, or 'all' "

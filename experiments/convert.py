@@ -17,7 +17,7 @@ from absl import flags
 
 from l4f_jax.system import cli
 from l4f_jax.system.convert import convert_file
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pt) to convert.")
 _DST = flags.DEFINE_string("dst", None, "Output weight directory (must not exist).")

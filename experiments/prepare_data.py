@@ -17,7 +17,7 @@ import time
 from absl import flags, logging
 
 from l4f_jax.system import cli
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 _SRC = flags.DEFINE_string("src", None, "Folder of images (searched recursively), or 'shapes'.")
 _NAME = flags.DEFINE_string("name", None, "Dataset name (directory under --data_dir); "

@@ -28,7 +28,7 @@ from typing import Any
 
 from absl import flags
 
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 _UNSET = object()
 

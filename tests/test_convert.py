@@ -13,7 +13,7 @@ import torch
 from l4f_jax.system.convert import convert_file
 from l4f_jax.models.alpha import AlphaNetwork, alpha_levels
 from l4f_jax.system import convert as conv
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.weights import (WeightsError, generator_from_config, load_weights,
                                     save_weights)
 from l4f_jax.reference import torch_labels4free as ref_l4f

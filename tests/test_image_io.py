@@ -12,7 +12,7 @@ from PIL import Image
 from l4f_jax.datasets import shapes
 from l4f_jax.method import evaluation as ev
 from l4f_jax.system import image_io
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 
 def _round(x):

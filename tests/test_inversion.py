@@ -17,7 +17,7 @@ from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import make_noise
 from l4f_jax.system import training
 from l4f_jax.system.edit import EditConfig, edit
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.invert import InvertConfig, invert
 from l4f_jax.system.weights import generator_from_config, load_generator, save_weights
 from tests.tiny_world import tiny_config

@@ -49,3 +49,24 @@ def test_reference_modules_are_used_only_by_tests_and_the_benchmark():
     if bad:
       offenders[rel] = bad
   assert not offenders, f"torch / reference imports outside the allowed modules: {offenders}"
+
+
+def test_layers_only_import_downwards():
+  """ops < models < method < system (and experiments on top); l4f_jax.config and l4f_jax.errors
+  are base utilities any layer may use."""
+  root = TESTS.parent / "l4f_jax"
+  order = ["ops", "models", "method", "system"]
+  offenders = {}
+  for i, layer in enumerate(order):
+    above = {f"l4f_jax.{u}" for u in order[i + 1:]}
+    for p in sorted((root / layer).rglob("*.py")):
+      bad = [m for m in _imported_modules(p) if any(m == a or m.startswith(a + ".") for a in above)]
+      if bad:
+        offenders[str(p.relative_to(root.parent))] = bad
+  for base in ("config.py", "errors.py"):
+    p = root / base
+    bad = [m for m in _imported_modules(p) if m.startswith("l4f_jax.") and m not in
+           ("l4f_jax.errors", "l4f_jax.config")]
+    if bad:
+      offenders[f"l4f_jax/{base}"] = bad
+  assert not offenders, f"upward imports: {offenders}"

@@ -15,7 +15,7 @@ from absl import flags
 from l4f_jax import config as C
 from l4f_jax.method.step import L4FConfig
 from l4f_jax.system import loop
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.train_labels4free import TrainConfig
 
 

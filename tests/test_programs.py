@@ -17,7 +17,7 @@ from PIL import Image
 from l4f_jax.config import resolve
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.system import data, training, weights
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.pairs import PairsConfig, make_pairs
 from l4f_jax.system.segment import SegmentConfig, segment
 from l4f_jax.system.train_student import StudentConfig, load_segmenter, train_and_evaluate

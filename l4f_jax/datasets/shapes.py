@@ -430,7 +430,7 @@ def render_heldout_example(i: int, size: int = 64, seed: int = 0,
 
 
 def _heldout_params(size: int, n: int, seed: int, photo_effects: bool) -> dict:
-  from l4f_jax.system.errors import UserError  # pylint: disable=import-outside-toplevel
+  from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   if int(size) < 16 or not 1 <= int(n) < _U32 or not 0 <= int(seed) < _U32:
     raise UserError(f"real test split size={size} n={n} seed={seed}: needs size >= 16, "
                     f"1 <= n < 2**32 and 0 <= seed < 2**32")
@@ -500,7 +500,7 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
   """
   import shutil  # pylint: disable=import-outside-toplevel
   from l4f_jax.system import files  # pylint: disable=import-outside-toplevel
-  from l4f_jax.system.errors import UserError  # pylint: disable=import-outside-toplevel
+  from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   params = _heldout_params(size, n, seed, photo_effects)
   out_dir = os.path.abspath(os.fspath(out_dir))
   status = _heldout_status(out_dir, params)

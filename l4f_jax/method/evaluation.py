@@ -31,7 +31,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from l4f_jax.system.errors import UserError, one_line
+from l4f_jax.errors import UserError, one_line
 
 EPS = 1e-4
 CLASSES = ("background", "foreground")  # class index 0, 1

@@ -20,7 +20,7 @@ import statistics
 import time
 from typing import Callable, Optional
 
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.flops import (Config, discriminator_macs, generator_macs, iteration_flops,
                                   peak_tflops)
 

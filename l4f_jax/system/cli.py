@@ -16,7 +16,7 @@ import functools
 
 from absl import flags
 
-from l4f_jax.system import errors
+from l4f_jax import errors
 
 
 def define_distributed_flags(flag_values=flags.FLAGS) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from l4f_jax.models.alpha import alpha_levels, merge_names
 from l4f_jax.models.stylegan2 import channel_table, noise_shapes, num_layers
 from l4f_jax.system import weights
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 ALLOW_PICKLE_HINT = "rerun with --allow_pickle (only for files you trust: it can execute code)"
 

@@ -46,7 +46,7 @@ from l4f_jax.method import editing, inversion
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import make_noise, noise_shapes, num_latents
 from l4f_jax.system import images, metrics_log, training
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.invert import check_out, make_tmp, publish
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 

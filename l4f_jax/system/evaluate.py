@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 from l4f_jax.config import option
 from l4f_jax.system import loop
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 
 REAL_TEST = "workspace/datasets/l4f_shapes_real_test"

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from l4f_jax.method.evaluation import natural_key
-from l4f_jax.system.errors import UserError, one_line
+from l4f_jax.errors import UserError, one_line
 from l4f_jax.system.images import _atomic_save, make_grid
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

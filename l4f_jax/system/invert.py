@@ -40,7 +40,7 @@ from l4f_jax.method import inversion
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import N_MEAN_LATENT
 from l4f_jax.system import image_io, images, loop, metrics_log, sharding, training
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
 SUMMARY = "metrics.json"

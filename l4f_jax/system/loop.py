@@ -41,7 +41,7 @@ import numpy as np
 
 from l4f_jax.system import metrics_log
 from l4f_jax.system.checkpoints import Checkpointer
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 FLAGS_FILE, LOCK_FILE = "flags.json", ".lock"
 

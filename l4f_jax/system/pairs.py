@@ -34,7 +34,7 @@ from l4f_jax.config import option, to_dict
 from l4f_jax.method import inference
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.system import files, loop, metrics_log, sharding, training, weights
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 SUMMARY = "pairs.json"
 

@@ -25,7 +25,7 @@ from l4f_jax.config import option
 from l4f_jax.method import inference
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.system import files, images, loop, training, weights
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 # Every file `sample` writes: the grids and the per-sample PNGs of the alpha outputs.
 _OUTPUT_NAME = re.compile(r"(images|backgrounds|alpha_grid|\d{6}_(original|background|alpha_mask|"

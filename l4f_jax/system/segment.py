@@ -32,7 +32,7 @@ import numpy as np
 from l4f_jax.config import option
 from l4f_jax.method import student as student_lib
 from l4f_jax.system import files, image_io, loop, metrics_log, sharding
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 from l4f_jax.system.train_student import Segmenter, load_segmenter
 
 SUMMARY = "segment.json"

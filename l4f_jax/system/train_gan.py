@@ -22,7 +22,7 @@ from l4f_jax.method import gan
 from l4f_jax.models.stylegan2 import Discriminator, Generator, make_noise
 from l4f_jax.system import data as data_lib
 from l4f_jax.system import images, loop, sharding, training, weights
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")
 

@@ -35,7 +35,7 @@ from l4f_jax.method import step as step_lib
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.system import data as data_lib
 from l4f_jax.system import images, loop, metrics_log, sharding, training, weights
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 CONVERT_CMD = "python -m experiments.convert --src=<stylegan2 .pt> --dst=<dir>"
 SAMPLE_PSI, THRESHOLD = 0.5, 0.9  # official sampling / inference (test_sample.py)

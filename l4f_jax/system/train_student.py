@@ -27,7 +27,7 @@ from l4f_jax.config import nested, option, to_dict
 from l4f_jax.method import student as student_lib
 from l4f_jax.models.unet import UNet
 from l4f_jax.system import augment, data as data_lib, images, loop, sharding, training, weights
-from l4f_jax.system.errors import UserError
+from l4f_jax.errors import UserError
 
 KIND = "student_segmenter"
 

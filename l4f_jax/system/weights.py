@@ -43,7 +43,7 @@ from absl import logging
 
 from l4f_jax.models.stylegan2 import Discriminator, Generator, channel_table
 from l4f_jax.system import files
-from l4f_jax.system.errors import UserError, environment_error
+from l4f_jax.errors import UserError, environment_error
 
 FORMAT = "l4f_jax.weights"
 VERSION = 1
