@@ -45,9 +45,9 @@ from l4f_jax.config import option, to_dict
 from l4f_jax.method import editing, inversion
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import make_noise, noise_shapes, num_latents
-from l4f_jax.system import images, metrics_log, training
+from l4f_jax.system import files, images, metrics_log, training
 from l4f_jax.errors import UserError
-from l4f_jax.system.invert import check_out, make_tmp, publish
+from l4f_jax.system.invert import check_out
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
 SUMMARY = "metrics.json"
@@ -239,7 +239,7 @@ def edit(cfg: EditConfig) -> dict:
              "eigenvalue": float(eigenvalues[cfg.direction]),
              "generator": os.path.abspath(cfg.generator),
              "generator_fingerprint": gen.fingerprint, "config": to_dict(cfg)}
-  tmp = make_tmp(out_dir)
+  tmp = files.staging_dir(out_dir)
   try:
     hard = lambda a: (a[..., 0] > cfg.threshold)
     pictures = {"original": r["image"], "masks": hard(r["alpha"]), "naive": r["edited"],
@@ -258,7 +258,7 @@ def edit(cfg: EditConfig) -> dict:
           "preserved edit": preserved, "difference": _difference(preserved, r["image"][:k]),
           "naive difference": _difference(r["edited"][:k], r["image"][:k])})
     metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    publish(tmp, out_dir)
+    files.replace_dir(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

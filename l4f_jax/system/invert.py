@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 
 import jax
@@ -39,7 +38,7 @@ from l4f_jax.config import nested, option, to_dict
 from l4f_jax.method import inversion
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import N_MEAN_LATENT
-from l4f_jax.system import image_io, images, loop, metrics_log, sharding, training
+from l4f_jax.system import files, image_io, images, loop, metrics_log, sharding, training
 from l4f_jax.errors import UserError
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
@@ -90,24 +89,6 @@ def check_out(out: str, overwrite: bool, flag: str = "--out") -> str:
     raise UserError(f"{flag}={out} is not empty; choose a new directory or pass --overwrite")
   loop.check_writable_dir(path, flag)
   return path
-
-
-def make_tmp(out: str) -> str:
-  """A temporary directory next to `out` (same file system, so `publish` is a rename)."""
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-
-
-def publish(tmp: str, out: str) -> None:
-  """Renames `tmp` to `out`, replacing an existing `out` only after the new one is in place."""
-  if os.path.exists(out):
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-    os.rename(out, os.path.join(old, "x"))
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.rename(tmp, out)
 
 
 def inverter(gen: LoadedGenerator, alpha_params, cfg: InvertConfig, mesh):
@@ -198,7 +179,7 @@ def invert(cfg: InvertConfig) -> dict:
   t0 = time.perf_counter()
   run.compile(step)
   compile_s = time.perf_counter() - t0
-  tmp = make_tmp(out)
+  tmp = files.staging_dir(out)
   skipped, sheet, psnrs, seconds = [], [], {}, 0.0
   progress = metrics_log.Progress(0, len(paths))
   try:
@@ -243,7 +224,7 @@ def invert(cfg: InvertConfig) -> dict:
                "generator_fingerprint": gen.fingerprint, "alpha": os.path.abspath(cfg.alpha),
                "size": gen.size, "images": cfg.images, "config": to_dict(cfg)}
     metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    publish(tmp, out)
+    files.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
