@@ -47,7 +47,6 @@ from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import make_noise, noise_shapes, num_latents
 from l4f_jax.system import files, images, metrics_log, training
 from l4f_jax.errors import UserError
-from l4f_jax.system.invert import check_out
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
 SUMMARY = "metrics.json"
@@ -211,7 +210,7 @@ def edit(cfg: EditConfig) -> dict:
   if importlib.util.find_spec("skimage") is None:
     raise UserError("the inpainting completion needs scikit-image, which is not installed; run "
                     "pip install -r requirements.txt")
-  out_dir = check_out(cfg.out, cfg.overwrite)
+  out_dir = files.check_output_dir(cfg.out, cfg.overwrite)
   gen = load_generator(cfg.generator)
   alpha_params = load_alpha(cfg.alpha, gen)
   if cfg.direction >= gen.module.style_dim:

@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 
+from l4f_jax.errors import UserError
+
 
 def dir_mode() -> int:
   """The mode `os.mkdir` gives under the current umask."""
@@ -46,3 +48,32 @@ def replace_dir(tmp: str, dst: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.rename(tmp, dst)
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+  """Refuses a destination that is a file or cannot be created / written (one line)."""
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{flag}={path} is a file; pass a directory")
+  probe = path
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    raise UserError(f"{flag}={path}: {probe} is a file, so the directory cannot be created")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise UserError(f"{flag}={path}: {probe} is not writable; pass a writable directory")
+
+
+def check_output_dir(out: str, overwrite: bool, flag: str = "--out") -> str:
+  """Absolute `out`; refuses (one line) a file, an unwritable place, or a non-empty directory
+  without `overwrite`."""
+  path = os.path.abspath(out)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{flag}={out} is a file; pass a directory")
+  if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    raise UserError(f"{flag}={out} is not empty; choose a new directory or pass --overwrite")
+  check_writable_dir(path, flag)
+  return path

@@ -38,7 +38,7 @@ from l4f_jax.config import nested, option, to_dict
 from l4f_jax.method import inversion
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import N_MEAN_LATENT
-from l4f_jax.system import files, image_io, images, loop, metrics_log, sharding, training
+from l4f_jax.system import files, image_io, images, metrics_log, sharding, training
 from l4f_jax.errors import UserError
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
@@ -77,18 +77,6 @@ def image_loss(name: str, gen: LoadedGenerator) -> inversion.ImageLoss:
     raise UserError(f"--loss=d_features needs a discriminator ('d') in --generator={gen.path}, "
                     f"which holds {sorted(gen.trees)}; pass --loss=pixel")
   return inversion.d_feature_loss(gen.discriminator(stddev_group=1), gen.trees["d"])
-
-
-def check_out(out: str, overwrite: bool, flag: str = "--out") -> str:
-  """Absolute `out`; refuses a file, an unwritable place, or a non-empty directory without
-  `overwrite`."""
-  path = os.path.abspath(out)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"{flag}={out} is a file; pass a directory")
-  if os.path.isdir(path) and os.listdir(path) and not overwrite:
-    raise UserError(f"{flag}={out} is not empty; choose a new directory or pass --overwrite")
-  loop.check_writable_dir(path, flag)
-  return path
 
 
 def inverter(gen: LoadedGenerator, alpha_params, cfg: InvertConfig, mesh):
@@ -165,7 +153,7 @@ def _write_one(tmp: str, stem: str, rgb, out: dict, k: int, threshold: float) ->
 
 def invert(cfg: InvertConfig) -> dict:
   """Inverts every input (module docstring); returns the summary written to metrics.json."""
-  out = check_out(cfg.out, cfg.overwrite)
+  out = files.check_output_dir(cfg.out, cfg.overwrite)
   paths = image_io.list_inputs(cfg.images)
   if not paths:
     raise UserError(f"--images={cfg.images}: no images found")

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from l4f_jax.system import metrics_log
+from l4f_jax.system.files import check_writable_dir  # noqa: F401  # loop.check_writable_dir
 from l4f_jax.system.checkpoints import Checkpointer
 from l4f_jax.errors import UserError
 
@@ -52,23 +53,6 @@ class Interrupted(UserError):
 
 def _is_main() -> bool:
   return jax.process_index() == 0
-
-
-def check_writable_dir(path: str, flag: str) -> None:
-  """Refuses a destination that is a file or cannot be created / written (one line)."""
-  path = os.path.abspath(path)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"{flag}={path} is a file; pass a directory")
-  probe = path
-  while not os.path.exists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
-  if not os.path.isdir(probe):
-    raise UserError(f"{flag}={path}: {probe} is a file, so the directory cannot be created")
-  if not os.access(probe, os.W_OK | os.X_OK):
-    raise UserError(f"{flag}={path}: {probe} is not writable; pass a writable directory")
 
 
 def _pid_alive(pid: int) -> bool:

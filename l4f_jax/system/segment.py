@@ -31,7 +31,7 @@ import numpy as np
 
 from l4f_jax.config import option
 from l4f_jax.method import student as student_lib
-from l4f_jax.system import files, image_io, loop, metrics_log, sharding
+from l4f_jax.system import files, image_io, metrics_log, sharding
 from l4f_jax.errors import UserError
 from l4f_jax.system.train_student import Segmenter, load_segmenter
 
@@ -75,19 +75,9 @@ def predict_arrays(seg: Segmenter, images: np.ndarray, batch: int = 16, mesh=Non
   return np.concatenate(out)
 
 
-def _check_out(cfg: SegmentConfig) -> str:
-  out = os.path.abspath(cfg.out)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f"--out={cfg.out} is a file; pass a directory")
-  if os.path.isdir(out) and os.listdir(out) and not cfg.overwrite:
-    raise UserError(f"--out={cfg.out} is not empty; choose a new directory or pass --overwrite")
-  loop.check_writable_dir(out, "--out")
-  return out
-
-
 def segment(cfg: SegmentConfig) -> dict:
   """Segments every input (module docstring); returns the summary written to segment.json."""
-  out = _check_out(cfg)
+  out = files.check_output_dir(cfg.out, cfg.overwrite)
   paths = image_io.list_inputs(cfg.images)
   if not paths:
     raise UserError(f"--images={cfg.images}: no images found")
