@@ -29,8 +29,13 @@ def one_line(message: str) -> str:
 
 
 def fail(prog: str, message: str, code: int = 2):
+  """Prints the one error line and ends the process at once. `os._exit` skips the interpreter's
+  shutdown, where abandoned asynchronous writes of a failed save (Orbax / TensorStore tasks) would
+  otherwise print their tracebacks after the line; every output is staged and renamed, so nothing
+  is left half-written by not running the shutdown hooks."""
   print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
-  sys.exit(code)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 # errno -> (what happened, what to do). Faults of the machine or of the user's permissions, which

@@ -572,6 +572,28 @@ CASES = {
         "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out"),
         says=("--images=", "none of the 2"), setup=_images("imgs", ("text", "truncated")),
         absent=("{tmp}/out",)),
+    # -------------------------------------------------------------- invert / edit
+    "invert_lr_nan": Case(
+        "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
+                   "--out={tmp}/out", "--lr=nan"), says=("--lr=nan must be a finite number",),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "invert_alpha_for_another_generator": Case(
+        "invert", ("--generator={gen}", "--alpha={alpha_other}", "--images={tmp}/imgs",
+                   "--out={tmp}/out"), says=("--alpha=", "trained on a generator with other"),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "invert_out_not_empty": Case(
+        "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
+                   "--out={tmp}/out"), says=("--out=", "not empty", "--overwrite"),
+        setup=_both(_images("imgs", ("rgb",)), _file("out/keep.txt", b"mine")),
+        keep=("{tmp}/out",)),
+    "edit_out_not_empty": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
+                 "--out={tmp}/out"), says=("--out=", "not empty", "--overwrite"),
+        setup=_file("out/keep.txt", b"mine"), keep=("{tmp}/out",)),
+    "edit_strength_nan": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
+                 "--out={tmp}/out", "--strength=nan"),
+        says=("--strength=nan must be a finite number",), absent=("{tmp}/out",)),
     # -------------------------------------------------------------- pipeline
     "pipeline_student_lr_nan": Case("pipeline", PIPE + ("--workdir={tmp}/run",
                                                         "--student_lr=nan"),
@@ -714,4 +736,5 @@ def test_enough_cases():
   assert len(CASES) >= 40
   progs = {c.prog for c in CASES.values()}
   assert progs == {"train", "pretrain_gan", "convert", "prepare_data", "sample", "evaluate",
-                   "benchmark", "make_pairs", "train_student", "segment", "pipeline"}, progs
+                   "benchmark", "make_pairs", "train_student", "segment", "pipeline", "invert",
+                   "edit"}, progs
