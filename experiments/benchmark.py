@@ -12,12 +12,14 @@ calls after one warm-up call each; the JAX compile time is measured on its own (
 `generator`: G forward img/s (mapping + synthesis, random z, fresh noise):
   JAX   jit, non-fused modulated conv (the training formulation); block_until_ready per call.
   torch l4f_jax/reference/torch_stylegan2.py under no_grad, fused (batch-grouped) modulated conv as
-        the official code.
+        the official code, and non-fused (--torch_modconv).
 `iteration`: the full Labels4Free iteration (D step, lazy R1, A step), it/s:
   JAX   step.train_step with latents and noise drawn inside the program, the state donated, no host
         sync but the final block_until_ready; `devices` emulated as minibatch-stddev chunks.
-  torch l4f_jax/reference/torch_labels4free.official_iteration (official loop: fused modulated conv,
-        D per emulated device, separate real/fake D calls), latents and noise drawn by torch.randn.
+  torch l4f_jax/reference/torch_labels4free.official_iteration (official loop, D per emulated
+        device, separate real/fake D calls), latents and noise drawn by torch.randn; G with
+        rosinality's fused modulated conv (the official path) and with its non-fused path
+        (--torch_modconv picks).
   The plain and the R1 iteration are timed separately; it/s is amortised over d_reg_every:
   t = ((k - 1) t_plain + t_r1) / k. FLOPs per iteration: XLA's cost analysis of the compiled JAX
   programs (amortised the same way), next to an analytic count (2 x conv/linear MACs, backward =
@@ -59,6 +61,10 @@ _TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
 _TORCH_THREADS = flags.DEFINE_list("torch_threads", ["1", "0"], "torch.set_num_threads values, each "
                                    "timed (interleaved); 0 = torch's default (all cores). The "
                                    "ratio uses the fastest.")
+_TORCH_MODCONV = flags.DEFINE_multi_enum("torch_modconv", ["fused", "nonfused"],
+                                         ["fused", "nonfused"], "torch reference(s) to time: "
+                                         "rosinality's fused (batch-grouped) modulated conv, the "
+                                         "official path, and/or its non-fused path.")
 _TORCH_DEVICE = flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
                                   "Device of the torch reference (auto: cuda when available).")
 _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
@@ -94,7 +100,7 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _XLA_FLAGS.value).strip()
   args = Args(size, batch, _REPEATS.value, _CHANNEL_MULTIPLIER.value, _TORCH.value,
               tuple(int(n) for n in _TORCH_THREADS.value), config, name or "",
-              _TORCH_DEVICE.value, _COMPUTE_DTYPE.value)
+              _TORCH_DEVICE.value, _COMPUTE_DTYPE.value, tuple(_TORCH_MODCONV.value))
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {load()}", flush=True)
   for w in whats:
     for line in report(w, args, BENCHMARKS[w](args)):

@@ -305,6 +305,25 @@ def test_generator_noise_truncation_background():
   assert not torch.equal(bg, a)
 
 
+def test_nonfused_generator_matches_fused_float64():
+  """rosinality's non-fused path (the benchmark's second torch reference) equals the fused one:
+  same state_dict, images and features to 1e-12 in float64 (and it is a different computation)."""
+  torch.manual_seed(0)
+  g = sg.perturb_(_small_g(16), 3).double()
+  g_nf = _small_g(16, fused_modconv=False)
+  g_nf.load_state_dict(g.state_dict())
+  g_nf = g_nf.double()
+  assert not g_nf.conv1.conv.fused and g.conv1.conv.fused
+  z = torch.randn(2, 8, dtype=torch.float64)
+  noise = [n.double() for n in g.make_noise(2)]
+  with torch.no_grad():
+    (a, fa), (b, fb) = g([z], noise=noise), g_nf([z], noise=noise)
+  torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+  for x, y in zip(fa, fb):
+    torch.testing.assert_close(y, x, rtol=0, atol=1e-12)
+  assert a.abs().max() > 0.1
+
+
 def test_discriminator_stddev_groups():
   torch.manual_seed(0)
   d = sg.perturb_(sg.Discriminator(16, channel_base=256, channel_max=16), 5).double()

@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 import jax
 import optax
 
+from l4f_jax.ops.layers import varying_axes
+
 
 def lazy_adam(lr: float, reg_every: Optional[int] = None, b1: float = 0.0, b2: float = 0.99,
               eps: float = 1e-8) -> optax.GradientTransformation:
@@ -47,7 +49,7 @@ def varying(tree, axis_name):
     return tree
 
   def cast(x):
-    missing = tuple(a for a in names if a not in getattr(jax.typeof(x), "vma", frozenset()))
+    missing = tuple(a for a in names if a not in varying_axes(x))
     return jax.lax.pcast(x, missing, to="varying") if missing else x
   return jax.tree.map(cast, tree)
 

@@ -242,13 +242,19 @@ class Discriminator(nn.Module):
   dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, stddev_chunks: int = 1):
+    """stddev_chunks: the batch is that many separate D calls (contiguous chunks), each forming
+    its own minibatch-stddev groups; everything else in D is per sample."""
     ch = channel_table(self.size, self.channel_multiplier, self.channel_base, self.channel_max)
     log_size = int(math.log2(self.size))
     out = ConvLayer(ch[self.size], 1, dtype=self.dtype, name="convs_0")(x)
     for n, i in enumerate(range(log_size, 2, -1), start=1):
       out = ResBlock(ch[2 ** (i - 1)], self.blur_kernel, self.dtype, name=f"convs_{n}")(out)
-    out = minibatch_stddev(out, self.stddev_group, self.stddev_feat)
+    if out.shape[0] % stddev_chunks:
+      raise ValueError(f"batch {out.shape[0]} is not divisible by {stddev_chunks} stddev chunks")
+    chunked = out.reshape((stddev_chunks, -1) + out.shape[1:])
+    stddev = lambda y: minibatch_stddev(y, self.stddev_group, self.stddev_feat)
+    out = jax.vmap(stddev)(chunked).reshape(out.shape[:3] + (-1,))
     out = ConvLayer(ch[4], 3, dtype=self.dtype, name="final_conv")(out)
     b = out.shape[0]
     out = jnp.transpose(out, (0, 3, 1, 2)).reshape(b, -1)  # NCHW flatten, as torch .view(B, -1)
@@ -260,14 +266,11 @@ class Discriminator(nn.Module):
 def discriminate_in_chunks(discriminator: Discriminator, d_params, *xs, chunks: int = 1):
   """D logits [B, 1] per image batch in `xs`, D called separately per batch and per each of `chunks`
   contiguous chunks of it (every call forms its own minibatch-stddev groups: one device emulating
-  `chunks` devices, and real and fake never sharing a group). The calls are vmapped into one batched
+  `chunks` devices, and real and fake never sharing a group). The calls run as one batched
   D, which computes exactly the separate calls. One array for one batch, else a tuple."""
-  fn = lambda c: discriminator.apply({"params": d_params}, c)
   b = xs[0].shape[0]
   if b % chunks:
     raise ValueError(f"local batch {b} is not divisible by {chunks} stddev chunks")
-  if chunks == 1 and len(xs) == 1:
-    return fn(xs[0])
-  x = jnp.stack(xs).reshape((len(xs) * chunks, b // chunks) + xs[0].shape[1:])
-  out = jax.vmap(fn)(x).reshape((len(xs), b, 1))
-  return out[0] if len(xs) == 1 else tuple(out)
+  out = discriminator.apply({"params": d_params}, jnp.concatenate(xs),
+                            stddev_chunks=len(xs) * chunks)
+  return out if len(xs) == 1 else tuple(out.reshape((len(xs), b) + out.shape[1:]))

@@ -7,6 +7,7 @@ params['conv']['modulation']['weight'].
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -86,12 +87,107 @@ class EqualConv2d(nn.Module):
     k, cin = self.kernel_size, x.shape[-1]
     w = self.param("weight", _torch_normal, (k, k, cin, self.features))
     scale = 1.0 / math.sqrt(cin * k * k)
-    y = lax.conv_general_dilated(
-        _cast(x, self.dtype), (w * scale).astype(self.dtype or x.dtype), (self.stride, self.stride),
-        ((self.padding, self.padding), (self.padding, self.padding)), dimension_numbers=_DN)
+    y = conv2d(_cast(x, self.dtype), (w * scale).astype(self.dtype or x.dtype), self.stride,
+               self.padding)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
     return y
+
+
+def _conv_nhwc(x, weight, pads):
+  return lax.conv_general_dilated(x, weight, (1, 1), pads, dimension_numbers=_DN)
+
+
+def varying_axes(x) -> frozenset:
+  """The shard_map mesh axes along which x varies (its type's `vma`; empty outside shard_map).
+  JAX 0.10 keeps them in `manual_axis_type.varying`, earlier releases in `vma`."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "manual_axis_type", None)
+  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", None) or ())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
+  """Stride-1 NHWC / HWIO convolution (cross-correlation) with static pads ((t, b), (l, r)), whose
+  derivatives are written out in forms XLA:CPU runs at full speed.
+
+  The input gradient is this same function (NHWC, HWIO, no window reversal) correlating dy with the
+  flipped, io-swapped kernel; the weight gradient is one 2-D matmul per tap. JAX's own transpose
+  rules give the second derivative (the R1 penalty's gradient) convolutions with reversed windows
+  and batch-last layouts, which XLA:CPU cannot hand to its Eigen kernels and runs in a naive loop
+  (256 px config-f D: the R1 program ran at 7.6 GFLOP/s per core, the forward pass at 55). The
+  values are the same up to summation order (tests/test_ops.py, float64).
+  """
+  return _conv_nhwc(x, weight, pads)
+
+
+def _conv2d_s1_fwd(x, weight, pads):
+  return _conv_nhwc(x, weight, pads), (x, weight)
+
+
+def _conv2d_s1_bwd(pads, res, dy):
+  x, weight = res
+  (t, b), (l, r) = pads
+  kh, kw = weight.shape[:2]
+  if min(t, b, l, r) < 0 or max(t, b) > kh - 1 or max(l, r) > kw - 1:
+    raise ValueError(f"conv2d_s1 supports pads in [0, k - 1], got {pads} for a {kh}x{kw} kernel")
+  w_t = jnp.swapaxes(jnp.flip(weight, (0, 1)), 2, 3).astype(dy.dtype)
+  dx = conv2d_s1(dy, w_t, ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
+  xp = jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0))).astype(dy.dtype)
+  ho, wo = dy.shape[1:3]
+  # dw[i, j] = x[:, i:, j:]^T dy with (b, h, w) flattened: a 2-D matmul per tap (XLA:CPU runs the
+  # same contraction over three separate dims at under half the speed, and the conv form worse).
+  dy2 = dy.reshape(-1, dy.shape[-1])
+  tap = lambda i, j: xp[:, i:i + ho, j:j + wo].reshape(-1, x.shape[-1]).T @ dy2
+  dw = jnp.stack([jnp.stack([tap(i, j) for j in range(kw)]) for i in range(kh)])
+  return _like(dx, x), _like(dw, weight)
+
+
+def _like(cotangent, primal):
+  """The cotangent in the primal's dtype and, under shard_map, its device variance: a replicated
+  (invariant) operand's cotangent is summed over the axes the result varies along, as the
+  transpose of JAX's implicit cast of that operand would do."""
+  extra = tuple(sorted(varying_axes(cotangent) - varying_axes(primal)))
+  if extra:
+    cotangent = jax.lax.psum(cotangent, extra)
+  return cotangent.astype(primal.dtype)
+
+
+conv2d_s1.defvjp(_conv2d_s1_fwd, _conv2d_s1_bwd)
+
+CONV_IMPLS = ("auto", "xla", "phases")
+
+
+def conv2d(x, weight, stride: int = 1, padding=0, *, impl: str = "auto"):
+  """PyTorch `conv2d(x, w, stride, padding)` on NHWC / HWIO. `padding`: an int or ((t, b), (l, r)).
+
+  impl="xla": one `lax.conv_general_dilated` and JAX's derivatives (cuDNN on GPU, TPU convs).
+  impl="phases": built from the stride-1 `conv2d_s1` and its hand-written derivatives. A stride-s
+    convolution is the sum over the s x s sub-pixel phases (a, b) of the stride-1 VALID convolutions
+    of x[a::s, b::s] with w[a::s, b::s]: output (m, n) reads x[s m + t, s n + u], and t = a + s i
+    splits every tap into its phase a and its offset i. Same FLOPs, and every derivative is a
+    stride-1 conv, a matmul, a strided slice or a pad; XLA:CPU runs the `lhs_dilation` conv of a
+    strided conv's input gradient far below its dense speed.
+  impl="auto": "phases" on CPU (measured there; README "Speed"), "xla" elsewhere.
+  """
+  pads = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+  if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
+    return lax.conv_general_dilated(x, weight, (stride, stride), pads, dimension_numbers=_DN)
+  if stride == 1:
+    return conv2d_s1(x, weight, pads)
+  x = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  k0, k1 = weight.shape[:2]
+  oh, ow = (x.shape[1] - k0) // stride + 1, (x.shape[2] - k1) // stride + 1
+  y = None
+  for a in range(min(stride, k0)):
+    for b in range(min(stride, k1)):
+      w_ab = weight[a::stride, b::stride]
+      x_ab = x[:, a::stride, b::stride][:, :oh + w_ab.shape[0] - 1, :ow + w_ab.shape[1] - 1]
+      term = conv2d_s1(x_ab, w_ab)
+      y = term if y is None else y + term
+  return y
 
 
 class FusedLeakyReLU(nn.Module):
@@ -150,8 +246,8 @@ def conv_transpose_stride2(x, weight, dtype=None):
       if 0 in kc.shape[:2]:                        # k = 1: the odd phases receive no tap
         cols.append(jnp.zeros((b, sh, sw, weight.shape[-1]), dtype))
         continue
-      y = lax.conv_general_dilated(x.astype(dtype), kc.astype(dtype), (1, 1),
-                                   ((n[a] - 1, n[a] - 1), (n[c] - 1, n[c] - 1)), dimension_numbers=_DN)
+      pads = ((n[a] - 1, n[a] - 1), (n[c] - 1, n[c] - 1))
+      y = conv2d(x.astype(dtype), kc.astype(dtype), 1, pads)
       cols.append(jnp.pad(y, ((0, 0), (0, sh - y.shape[1]), (0, sw - y.shape[2]), (0, 0))))
     rows.append(jnp.stack(cols, axis=3))            # [B, sh, sw, 2(c), C]
   y = jnp.stack(rows, axis=2)                       # [B, sh, 2(a), sw, 2(c), C]
@@ -185,7 +281,7 @@ def modulated_conv(x, weight, s, *, demodulate: bool, upsample: bool, fused: boo
     if upsample:
       y = conv_transpose_stride2(xs, weight, dtype)
     else:
-      y = lax.conv_general_dilated(xs, k_eff.astype(dtype), dimension_numbers=_DN, **conv_kw)
+      y = conv2d(xs, k_eff.astype(dtype), 1, conv_kw["padding"])
     if demodulate:
       wsq = jnp.sum(jnp.square(w32), axis=(0, 1))                 # [in, out]
       d = lax.rsqrt(jnp.dot(jnp.square(s32), wsq) + 1e-8)        # [B, out]

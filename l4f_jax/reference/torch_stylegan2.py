@@ -147,11 +147,13 @@ class EqualLinear(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-  """Fused (batch-grouped) modulated conv; upsample = transposed conv (stride 2) + blur."""
+  """Modulated conv; upsample = transposed conv (stride 2) + blur. `fused` (rosinality's default):
+  per-sample weights, one batch-grouped conv; `fused=False`: rosinality's equal non-fused path."""
 
   def __init__(self, in_channel, out_channel, kernel_size, style_dim, demodulate=True,
-               upsample=False, downsample=False, blur_kernel=(1, 3, 3, 1)):
+               upsample=False, downsample=False, blur_kernel=(1, 3, 3, 1), fused=True):
     super().__init__()
+    self.fused = fused
     self.eps = 1e-8
     self.kernel_size = kernel_size
     self.in_channel = in_channel
@@ -177,6 +179,8 @@ class ModulatedConv2d(nn.Module):
   def forward(self, x, style):
     b, c, h, w = x.shape
     k = self.kernel_size
+    if not self.fused:
+      return self._forward_nonfused(x, style)
     s = self.modulation(style).view(b, 1, c, 1, 1)
     weight = self.scale * self.weight * s  # [B, out, in, k, k]
     if self.demodulate:
@@ -196,6 +200,23 @@ class ModulatedConv2d(nn.Module):
     else:
       out = F.conv2d(xg, wg, padding=self.padding, groups=b)
     return out.reshape(b, self.out_channel, out.shape[2], out.shape[3])
+
+  def _forward_nonfused(self, x, style):
+    """rosinality's `fused=False` path: x * s -> one dense conv (shared weight) -> * d."""
+    b, c = x.shape[:2]
+    weight = self.scale * self.weight.squeeze(0)  # [out, in, k, k]
+    s = self.modulation(style)
+    x = x * s.view(b, c, 1, 1)
+    if self.upsample:
+      out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0))
+    elif self.downsample:
+      out = F.conv2d(self.blur(x), weight, stride=2, padding=0)
+    else:
+      out = F.conv2d(x, weight, padding=self.padding)
+    if self.demodulate:
+      d = torch.rsqrt((weight[None] * s.view(b, 1, c, 1, 1)).pow(2).sum([2, 3, 4]) + self.eps)
+      out = out * d.view(b, self.out_channel, 1, 1)
+    return out
 
 
 class NoiseInjection(nn.Module):
@@ -227,10 +248,11 @@ class StyledConv(nn.Module):
   """ModulatedConv2d -> +noise -> +bias, lrelu, x sqrt(2)."""
 
   def __init__(self, in_channel, out_channel, kernel_size, style_dim, upsample=False,
-               blur_kernel=(1, 3, 3, 1), demodulate=True):
+               blur_kernel=(1, 3, 3, 1), demodulate=True, fused=True):
     super().__init__()
     self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
-                                demodulate=demodulate, upsample=upsample, blur_kernel=blur_kernel)
+                                demodulate=demodulate, upsample=upsample, blur_kernel=blur_kernel,
+                                fused=fused)
     self.noise = NoiseInjection()
     self.activate = FusedLeakyReLU(out_channel)
 
@@ -241,11 +263,11 @@ class StyledConv(nn.Module):
 class ToRGB(nn.Module):
   """1x1 modulated conv to RGB without demodulation, + bias, + upsampled skip."""
 
-  def __init__(self, in_channel, style_dim, upsample=True, blur_kernel=(1, 3, 3, 1)):
+  def __init__(self, in_channel, style_dim, upsample=True, blur_kernel=(1, 3, 3, 1), fused=True):
     super().__init__()
     if upsample:
       self.upsample = Upsample(blur_kernel)
-    self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+    self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False, fused=fused)
     self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
   def forward(self, x, style, skip=None):
@@ -274,9 +296,10 @@ class Generator(nn.Module):
   """rosinality Generator plus Labels4Free's ``back`` flag; forward returns (image, features)."""
 
   def __init__(self, size, style_dim=512, n_mlp=8, channel_multiplier=2, blur_kernel=(1, 3, 3, 1),
-               lr_mlp=0.01, channel_base=None, channel_max=512):
+               lr_mlp=0.01, channel_base=None, channel_max=512, fused_modconv=True):
     super().__init__()
     self.size = size
+    fz = dict(fused=fused_modconv)
     self.style_dim = style_dim
     layers = [PixelNorm()]
     for _ in range(n_mlp):
@@ -285,8 +308,8 @@ class Generator(nn.Module):
     self.channels = stylegan2_channels(size, channel_multiplier, channel_base, channel_max)
     ch = self.channels
     self.input = ConstantInput(ch[4])
-    self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=blur_kernel)
-    self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+    self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=blur_kernel, **fz)
+    self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False, **fz)
     self.log_size = int(math.log2(size))
     assert 2 ** self.log_size == size and size >= 8
     self.num_layers = (self.log_size - 2) * 2 + 1
@@ -301,9 +324,9 @@ class Generator(nn.Module):
     for i in range(3, self.log_size + 1):
       out_ch = ch[2 ** i]
       self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True,
-                                   blur_kernel=blur_kernel))
-      self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim, blur_kernel=blur_kernel))
-      self.to_rgbs.append(ToRGB(out_ch, style_dim))
+                                   blur_kernel=blur_kernel, **fz))
+      self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim, blur_kernel=blur_kernel, **fz))
+      self.to_rgbs.append(ToRGB(out_ch, style_dim, **fz))
       in_ch = out_ch
     self.n_latent = self.log_size * 2 - 2
 

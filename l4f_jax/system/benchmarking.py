@@ -38,6 +38,7 @@ class Args:
   config_name: str = ""
   torch_device: str = "auto"
   compute_dtype: str = "float32"
+  torch_modconv: tuple = ("fused", "nonfused")  # torch references timed (rosinality's two paths)
 
   def model_config(self) -> Config:
     if self.config is not None:
@@ -146,11 +147,20 @@ def _flops(compiled) -> Optional[float]:
 # Benchmarks
 
 
-def _torch_generator(c: Config):
+def _torch_generator(c: Config, fused: bool = True):
+  """The torch reference G (seed 0); fused=False: rosinality's non-fused modulated conv, the same
+  weights (only the forward differs)."""
   import torch  # noqa: PLC0415
   from l4f_jax.reference.torch_stylegan2 import Generator as TorchGenerator  # noqa: PLC0415
   torch.manual_seed(0)
-  return TorchGenerator(c.size, c.style_dim, c.n_mlp, **c.arch())
+  return TorchGenerator(c.size, c.style_dim, c.n_mlp, **c.arch(), fused_modconv=fused)
+
+
+def _nonfused_copy(c: Config, tg):
+  """The torch reference G with rosinality's non-fused modulated conv and tg's weights."""
+  g = _torch_generator(c, fused=False)
+  g.load_state_dict(tg.state_dict())
+  return g.to(next(tg.parameters()).device)
 
 
 def bench_generator(args: Args) -> list[Result]:
@@ -190,14 +200,18 @@ def bench_generator(args: Args) -> list[Result]:
   fns = [lambda: compiled(params, next(keys)).block_until_ready()]
   names = [_jax_name(f"jit, non-fused, {args.compute_dtype}")]
   if args.torch:
-    def torch_forward():
-      with torch.no_grad():
-        out = tg([torch.randn(c.batch, c.style_dim, device=dev)])[0]
-      _torch_sync(dev)
-      return out
-    for n in _torch_thread_variants(args, dev):
-      fns.append(_with_threads(n, torch_forward))
-      names.append(_torch_name(dev, "no_grad, fused", n))
+    def torch_forward(g):
+      def run():
+        with torch.no_grad():
+          out = g([torch.randn(c.batch, c.style_dim, device=dev)])[0]
+        _torch_sync(dev)
+        return out
+      return run
+    for kind in args.torch_modconv:
+      g = tg if kind == "fused" else _nonfused_copy(c, tg).eval()
+      for n in _torch_thread_variants(args, dev):
+        fns.append(_with_threads(n, torch_forward(g)))
+        names.append(_torch_name(dev, f"no_grad, {kind}", n))
   for fn in fns:
     fn()  # warm-up
   secs = _time_interleaved(fns, args.repeats)
@@ -300,7 +314,7 @@ def bench_iteration(args: Args) -> list[Result]:
                 d_reg_every=k, n_devices=c.devices)
     shapes = [(c.batch, 1, 2 ** ((j + 5) // 2), 2 ** ((j + 5) // 2)) for j in range(tg.num_layers)]
 
-    def torch_iter(r1):
+    def torch_iter(r1, tg):
       def run():
         rnd = lambda s: torch.randn(*s, device=dev)
         noise = lambda: [rnd(s) for s in shapes]
@@ -309,9 +323,11 @@ def bench_iteration(args: Args) -> list[Result]:
         tl.official_iteration(0 if r1 else 1, tg, ta, td, opt_a, opt_d, treal, inputs, tcfg)
         _torch_sync(dev)
       return run
-    for n in _torch_thread_variants(args, dev):
-      fns += [_with_threads(n, torch_iter(False)), _with_threads(n, torch_iter(True))]
-      names.append(_torch_name(dev, "official_iteration, fused", n))
+    for kind in args.torch_modconv:
+      g = tg if kind == "fused" else _nonfused_copy(c, tg)
+      for n in _torch_thread_variants(args, dev):
+        fns += [_with_threads(n, torch_iter(False, g)), _with_threads(n, torch_iter(True, g))]
+        names.append(_torch_name(dev, f"official_iteration, {kind}", n))
   for fn in fns:
     fn()  # warm-up
   # round-robin: all plain iterations, then all R1 iterations (so that load drifts hit all alike)

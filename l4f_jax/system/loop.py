@@ -240,7 +240,8 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
                log_every: int, save_every: int, sample_every: int = 0,
                on_sample: Optional[Callable[[int, Any], None]] = None,
                console_keys: Iterable[str] = (), sticky_keys: Iterable[str] = (),
-               guard: Optional[Callable[[dict], Optional[str]]] = None):
+               guard: Optional[Callable[[dict], Optional[str]]] = None,
+               profile_steps: Optional[tuple[int, int]] = None):
   """Runs iterations start .. end - 1 (module docstring); returns the final state.
 
   batches: iterable of (i, batch); step_fn(i, state, batch) -> (state, metrics of scalars).
@@ -248,7 +249,10 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
   `on_sample(i, state)` runs after iterations i with i % sample_every == 0 and the last one.
   `guard(metrics) -> reason or None` is checked with the finiteness check: a reason stops the run
   the same way (one line naming the iteration; that state is never checkpointed).
+  `profile_steps=(a, b)` traces iterations a .. b - 1 with jax.profiler into <workdir>/profile
+  (view with TensorBoard's profile plugin or Perfetto), process 0 only.
   """
+  profiler = _Profiler(run.path("profile"), profile_steps)
   progress = metrics_log.Progress(start, end)
   in_flight = collections.deque()
   sticky: dict = {}
@@ -270,7 +274,9 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
   with _Signals() as signals:
     try:
       for i, batch in batches:
+        profiler.before(i, state)
         state, metrics = step_fn(i, state, batch)
+        profiler.after(i, state)
         sticky.update({k: metrics[k] for k in sticky_keys if k in metrics})
         in_flight.append(next(iter(metrics.values())))
         if len(in_flight) > 2:  # wait (no transfer) for iteration i - 2, keeping two queued
@@ -297,10 +303,52 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
           raise Interrupted(f"stopped by {signals.caught} after iteration {i}; checkpoint "
                             f"{done} in {run.ckpt.directory} resumes the run")
     finally:
+      profiler.stop()
       close = getattr(batches, "close", None)
       if close is not None:
         close()
   return state
+
+
+def parse_profile_steps(text: str, flag: str = "--profile_steps") -> Optional[tuple[int, int]]:
+  """'a:b' -> (a, b) with 0 <= a < b; '' -> None. A malformed value is a one-line UserError."""
+  if not text:
+    return None
+  try:
+    a, b = (int(v) for v in text.split(":"))
+  except ValueError:
+    a = b = -1
+  if not 0 <= a < b:
+    raise UserError(f"{flag}={text!r}: give iterations as a:b with 0 <= a < b, e.g. "
+                    f"{flag}=10:15 traces iterations 10 to 14")
+  return a, b
+
+
+class _Profiler:
+  """jax.profiler trace of iterations [a, b) (process 0), synced at both ends so the trace holds
+  exactly those steps."""
+
+  def __init__(self, directory: str, steps: Optional[tuple[int, int]]):
+    self.directory, self.steps = directory, steps if _is_main() else None
+    self.active = False
+
+  def before(self, i: int, state) -> None:
+    if self.steps and i == self.steps[0] and not self.active:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, i: int, state) -> None:
+    if self.active and i == self.steps[1] - 1:
+      jax.block_until_ready(state)
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
+      metrics_log.log_console(f"profile of iterations {self.steps[0]}..{self.steps[1] - 1} in "
+                              f"{self.directory}")
 
 
 def format_seconds(s: float) -> str:

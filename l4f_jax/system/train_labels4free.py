@@ -82,6 +82,8 @@ class TrainConfig:
                                  "reaches this (or alpha_mean falls to 1 - this).", gt=0.5, le=1)
   dtype: str = option("float32", "Compute dtype of G and D (A, losses and optimizers stay "
                       "float32).", choices=("float32", "bfloat16"))
+  profile_steps: str = option("", "Trace iterations a:b (a included, b not) with jax.profiler "
+                              "into <workdir>/profile; '' = off.")
 
 
 def export_alpha(dst: str, config: dict, alpha_params) -> None:
@@ -187,6 +189,7 @@ def _open_data(cfg: TrainConfig, size: int, global_batch: int, devices: int):
 def train_and_evaluate(cfg: TrainConfig) -> dict:
   """Trains A and D, exports A, evaluates; returns {'iterations', 'alpha', 'eval' (or None)}."""
   # ---------------------------------------------------------------- Devices, weights, data.
+  loop.parse_profile_steps(cfg.profile_steps)  # checked before any work; used by _train
   mesh, n_dev, devices, global_batch = _devices(cfg)
   gen = weights.load_generator(cfg.generator)
   size = gen.size
@@ -265,7 +268,8 @@ def _train(cfg, run, gen, models, method, mesh, loader, n_dev, devices, global_b
                           console_keys=("d_loss", "a_loss", "real_score", "fake_score",
                                         "alpha_mean", "alpha_frac_fg"),
                           sticky_keys=("r1", "r1_quirk", "r1_loss"),
-                          guard=collapse_guard(cfg.collapse, cfg.collapse_alpha))
+                          guard=collapse_guard(cfg.collapse, cfg.collapse_alpha),
+                          profile_steps=loop.parse_profile_steps(cfg.profile_steps))
   done = int(jax.device_get(state.step))
   if run.latest != done:
     run.save(done, state)
