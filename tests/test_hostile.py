@@ -316,6 +316,9 @@ CASES = {
     # -------------------------------------------------------------- train (Labels4Free)
     "train_lr_nan": Case("train", TRAIN + ("--workdir={tmp}/run", "--lr=nan"),
                          says=("--lr=nan must be a finite number",), absent=("{tmp}/run",)),
+    "train_profile_steps_reversed": Case("train", TRAIN + ("--workdir={tmp}/run",
+                                                           "--profile_steps=5:2"),
+                                         says=("--profile_steps=",), absent=("{tmp}/run",)),
     "train_positional_argument": Case("train", TRAIN + ("--workdir={tmp}/run", "resume"),
                                       says=("unexpected arguments ['resume']",),
                                       absent=("{tmp}/run",)),

@@ -109,7 +109,8 @@ def test_lock_refuses_a_second_live_run_and_replaces_a_stale_one(tmp_path):
   _open(tmp_path / "w").close()
 
 
-def _fake_training(run, start, end, nan_at=None, signal_at=None, save_every=4, log_every=3):
+def _fake_training(run, start, end, nan_at=None, signal_at=None, save_every=4, log_every=3,
+                   profile=None):
   """A jitted 'training' of one scalar parameter; metrics become NaN from `nan_at` on."""
   state = {"w": jnp.zeros(()), "step": jnp.zeros((), jnp.int32)}
   state, start = run.restore_or(state)
@@ -126,7 +127,8 @@ def _fake_training(run, start, end, nan_at=None, signal_at=None, save_every=4, l
 
   batches = ((i, jnp.float32(i)) for i in range(start, end))
   return loop.train_loop(state, batches, step_fn, run=run, start=start, end=end,
-                         log_every=log_every, save_every=save_every, console_keys=("loss",))
+                         log_every=log_every, save_every=save_every, console_keys=("loss",),
+                         profile_steps=profile)
 
 
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_path):
@@ -151,6 +153,22 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_p
     assert run.ckpt.all_steps() == [4]
   finally:
     run.close()
+
+
+def test_profile_steps_trace_the_chosen_iterations(tmp_path):
+  """--profile_steps=a:b writes one jax.profiler trace (xplane) into <workdir>/profile."""
+  assert loop.parse_profile_steps("") is None and loop.parse_profile_steps("2:5") == (2, 5)
+  for bad in ("5:2", "3:3", "-1:2", "a:b", "4"):
+    with pytest.raises(UserError, match="--profile_steps="):
+      loop.parse_profile_steps(bad)
+  run = _open(tmp_path / "w")
+  try:
+    state = _fake_training(run, 0, 6, profile=(2, 4))
+  finally:
+    run.close()
+  assert float(state["w"]) == sum(range(6))
+  traces = list((tmp_path / "w" / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
 
 
 def test_resume_is_exact_and_trims_redone_metrics(tmp_path):
