@@ -12,14 +12,15 @@ calls after one warm-up call each; the JAX compile time is measured on its own (
 `generator`: G forward img/s (mapping + synthesis, random z, fresh noise):
   JAX   jit, non-fused modulated conv (the training formulation); block_until_ready per call.
   torch l4f_jax/reference/torch_stylegan2.py under no_grad, fused (batch-grouped) modulated conv as
-        the official code, and non-fused (--torch_modconv).
+        the official code, and non-fused (--torch_modconv; `nonfused_depthwise` also blurs with one
+        channel-grouped conv instead of rosinality's native CPU upfirdn2d: a lean PyTorch G).
 `iteration`: the full Labels4Free iteration (D step, lazy R1, A step), it/s:
   JAX   step.train_step with latents and noise drawn inside the program, the state donated, no host
         sync but the final block_until_ready; `devices` emulated as minibatch-stddev chunks.
   torch l4f_jax/reference/torch_labels4free.official_iteration (official loop, D per emulated
         device, separate real/fake D calls), latents and noise drawn by torch.randn; G with
-        rosinality's fused modulated conv (the official path) and with its non-fused path
-        (--torch_modconv picks).
+        rosinality's fused modulated conv (the official path), with its non-fused path, and with the
+        non-fused path and depthwise blurs in G and D (--torch_modconv picks).
   The plain and the R1 iteration are timed separately; it/s is amortised over d_reg_every:
   t = ((k - 1) t_plain + t_r1) / k. FLOPs per iteration: XLA's cost analysis of the compiled JAX
   programs (amortised the same way), next to an analytic count (2 x conv/linear MACs, backward =
@@ -62,9 +63,11 @@ _TORCH_THREADS = flags.DEFINE_list("torch_threads", ["1", "0"], "torch.set_num_t
                                    "timed (interleaved); 0 = torch's default (all cores). The "
                                    "ratio uses the fastest.")
 _TORCH_MODCONV = flags.DEFINE_multi_enum("torch_modconv", ["fused", "nonfused"],
-                                         ["fused", "nonfused"], "torch reference(s) to time: "
-                                         "rosinality's fused (batch-grouped) modulated conv, the "
-                                         "official path, and/or its non-fused path.")
+                                         ["fused", "nonfused", "nonfused_depthwise"],
+                                         "torch reference(s) to time: rosinality's fused "
+                                         "(batch-grouped) modulated conv, the official path; its "
+                                         "non-fused path; and the non-fused path with every blur "
+                                         "as one depthwise conv (a lean PyTorch StyleGAN2).")
 _TORCH_DEVICE = flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
                                   "Device of the torch reference (auto: cuda when available).")
 _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],

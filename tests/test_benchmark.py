@@ -30,7 +30,8 @@ def test_iteration_flops_match_spec_estimate():
 def test_iteration_tiny_runs_and_prints_ratio():
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--what=iteration", "--config=tiny",
-       "--repeats=1", "--torch_threads=1"],
+       "--repeats=1", "--torch_threads=1", "--torch_modconv=fused",
+       "--torch_modconv=nonfused_depthwise"],
       cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = proc.stdout
@@ -38,6 +39,8 @@ def test_iteration_tiny_runs_and_prints_ratio():
   assert "it/s" in out and "official_iteration" in out, out
   assert "FLOPs per iteration (amortised)" in out and "analytic" in out, out
   assert "ratio jax/torch time:" in out, out
+  assert "official_iteration, fused" in out and "official_iteration, nonfused_depthwise" in out, out
+  assert "official_iteration, nonfused)" not in out, out
 
 
 @pytest.mark.parametrize("flag,message", [("--what=nope", "--what=nope is unknown"),

@@ -48,6 +48,19 @@ def test_upfirdn2d_numpy_matches_torch(up, down, pad, gain, asymmetric):
   np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("up,down,pad,gain", UPFIRDN_CASES)
+def test_upfirdn2d_depthwise_matches_numpy(up, down, pad, gain):
+  """The lean torch reference's upfirdn2d (one channel-grouped conv) against the NumPy one."""
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((2, 3, 7, 6))
+  k = rng.standard_normal((4, 3)) * gain
+  ref = upfirdn2d_np(x, k, up=up, down=down, pad=pad)
+  out = sg.upfirdn2d_depthwise(torch.from_numpy(x), torch.from_numpy(k), up=up, down=down,
+                               pad=pad).numpy()
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+
+
 def test_upfirdn2d_numpy_is_true_convolution():
   """Full padding + separable kernel = np.convolve 'full' along both axes (orientation check)."""
   rng = np.random.default_rng(1)
@@ -322,6 +335,36 @@ def test_nonfused_generator_matches_fused_float64():
   for x, y in zip(fa, fb):
     torch.testing.assert_close(y, x, rtol=0, atol=1e-12)
   assert a.abs().max() > 0.1
+
+
+def test_depthwise_upfirdn_models_match_native_float64():
+  """G (non-fused) and D with every Blur / Upsample switched to the depthwise upfirdn2d (the
+  benchmark's lean torch reference) equal the native ones to 1e-12 in float64, forward and D's
+  input gradient."""
+  torch.manual_seed(0)
+  g = sg.perturb_(_small_g(16, fused_modconv=False), 3).double()
+  g_dw = _small_g(16, fused_modconv=False)
+  g_dw.load_state_dict(g.state_dict())
+  g_dw = sg.use_upfirdn2d(g_dw.double(), "depthwise")
+  switched = [m for m in g_dw.modules() if getattr(m, "upfirdn2d", None) is sg.upfirdn2d_depthwise]
+  assert switched
+  z = torch.randn(2, 8, dtype=torch.float64)
+  noise = [n.double() for n in g.make_noise(2)]
+  with torch.no_grad():
+    (a, _), (b, _) = g([z], noise=noise), g_dw([z], noise=noise)
+  torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+  assert a.abs().max() > 0.1
+  d = sg.perturb_(sg.Discriminator(16, channel_base=256, channel_max=16), 5).double()
+  d_dw = sg.Discriminator(16, channel_base=256, channel_max=16)
+  d_dw.load_state_dict(d.state_dict())
+  d_dw = sg.use_upfirdn2d(d_dw.double(), "depthwise")
+  x = torch.randn(4, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+  (gx,) = torch.autograd.grad(d(x).sum(), x)
+  (gx_dw,) = torch.autograd.grad(d_dw(x).sum(), x)
+  torch.testing.assert_close(d_dw(x), d(x), rtol=0, atol=1e-12)
+  torch.testing.assert_close(gx_dw, gx, rtol=0, atol=1e-12)
+  with pytest.raises(ValueError):
+    sg.use_upfirdn2d(d_dw, "fast")
 
 
 def test_discriminator_stddev_groups():

@@ -51,6 +51,38 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
   return out.reshape(b, c, out.shape[2], out.shape[3])
 
 
+def upfirdn2d_depthwise(x, kernel, up=1, down=1, pad=(0, 0)):
+  """upfirdn2d as ONE depthwise (channel-grouped) conv over [B, C, H, W] instead of a one-channel
+  conv over B*C images: the same zero insertion, pad/crop and true convolution, and the same values
+  up to summation order. PyTorch's grouped conv is its fast CPU path for this; a lean non-fused
+  PyTorch StyleGAN2 blurs this way (`use_upfirdn2d(module, "depthwise")`)."""
+  x0, x1, y0, y1 = _pads(pad)
+  b, c, h, w = x.shape
+  kh, kw = kernel.shape
+  out = x
+  if up > 1:
+    out = x.new_zeros(b, c, h * up, w * up)
+    out[:, :, ::up, ::up] = x
+  out = F.pad(out, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
+  out = out[:, :, max(-y0, 0):out.shape[2] - max(-y1, 0), max(-x0, 0):out.shape[3] - max(-x1, 0)]
+  weight = torch.flip(kernel, [0, 1]).to(out.dtype).expand(c, 1, kh, kw)
+  return F.conv2d(out, weight, stride=down, groups=c)
+
+
+UPFIRDN2D = {"native": upfirdn2d, "depthwise": upfirdn2d_depthwise}
+
+
+def use_upfirdn2d(module, impl):
+  """Switches every Blur / Upsample inside `module` to `impl` ("native": rosinality's CPU path, the
+  default; "depthwise": upfirdn2d_depthwise). Returns the module."""
+  if impl not in UPFIRDN2D:
+    raise ValueError(f"upfirdn2d impl must be one of {sorted(UPFIRDN2D)}, got {impl!r}")
+  for m in module.modules():
+    if isinstance(m, (Blur, Upsample)):
+      m.upfirdn2d = UPFIRDN2D[impl]
+  return module
+
+
 def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=2 ** 0.5):
   """lrelu(x + b, 0.2) * sqrt(2); the bias broadcasts along dim 1."""
   if bias is not None:
@@ -88,9 +120,10 @@ class Upsample(nn.Module):
     self.register_buffer("kernel", make_kernel(kernel) * factor ** 2)
     p = self.kernel.shape[0] - factor
     self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+    self.upfirdn2d = upfirdn2d
 
   def forward(self, x):
-    return upfirdn2d(x, self.kernel, up=self.factor, down=1, pad=self.pad)
+    return self.upfirdn2d(x, self.kernel, up=self.factor, down=1, pad=self.pad)
 
 
 class Blur(nn.Module):
@@ -103,9 +136,10 @@ class Blur(nn.Module):
       k = k * upsample_factor ** 2
     self.register_buffer("kernel", k)
     self.pad = tuple(pad)
+    self.upfirdn2d = upfirdn2d
 
   def forward(self, x):
-    return upfirdn2d(x, self.kernel, pad=self.pad)
+    return self.upfirdn2d(x, self.kernel, pad=self.pad)
 
 
 class EqualConv2d(nn.Module):

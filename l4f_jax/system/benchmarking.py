@@ -38,7 +38,7 @@ class Args:
   config_name: str = ""
   torch_device: str = "auto"
   compute_dtype: str = "float32"
-  torch_modconv: tuple = ("fused", "nonfused")  # torch references timed (rosinality's two paths)
+  torch_modconv: tuple = ("fused", "nonfused")  # torch references timed (TORCH_REFERENCES)
 
   def model_config(self) -> Config:
     if self.config is not None:
@@ -156,11 +156,27 @@ def _torch_generator(c: Config, fused: bool = True):
   return TorchGenerator(c.size, c.style_dim, c.n_mlp, **c.arch(), fused_modconv=fused)
 
 
-def _nonfused_copy(c: Config, tg):
-  """The torch reference G with rosinality's non-fused modulated conv and tg's weights."""
-  g = _torch_generator(c, fused=False)
+# The torch references a benchmark can time: (modulated conv, upfirdn2d). "fused" is the official
+# code's path; "nonfused" rosinality's fused=False; "nonfused_depthwise" additionally blurs with one
+# channel-grouped conv instead of rosinality's native CPU upfirdn2d (a one-channel conv over B*C
+# images), i.e. a lean non-fused PyTorch StyleGAN2.
+TORCH_REFERENCES = {"fused": (True, "native"), "nonfused": (False, "native"),
+                    "nonfused_depthwise": (False, "depthwise")}
+
+
+def _torch_copy(kind: str, c: Config, tg, td=None):
+  """The torch reference G (and D) of `kind` (TORCH_REFERENCES) with tg's (td's) weights."""
+  from l4f_jax.reference.torch_stylegan2 import Discriminator, use_upfirdn2d  # noqa: PLC0415
+  fused, upfirdn = TORCH_REFERENCES[kind]
+  dev = next(tg.parameters()).device
+  g = _torch_generator(c, fused=fused)
   g.load_state_dict(tg.state_dict())
-  return g.to(next(tg.parameters()).device)
+  g = use_upfirdn2d(g, upfirdn).to(dev)
+  if td is None:
+    return g
+  d = Discriminator(c.size, **c.arch())
+  d.load_state_dict(td.state_dict())
+  return g, use_upfirdn2d(d, upfirdn).to(dev)
 
 
 def bench_generator(args: Args) -> list[Result]:
@@ -208,7 +224,7 @@ def bench_generator(args: Args) -> list[Result]:
         return out
       return run
     for kind in args.torch_modconv:
-      g = tg if kind == "fused" else _nonfused_copy(c, tg).eval()
+      g = _torch_copy(kind, c, tg).eval()
       for n in _torch_thread_variants(args, dev):
         fns.append(_with_threads(n, torch_forward(g)))
         names.append(_torch_name(dev, f"no_grad, {kind}", n))
@@ -308,13 +324,12 @@ def bench_iteration(args: Args) -> list[Result]:
   if args.torch:
     dev = _torch_device(args)
     tg, td, ta = m["tg"].to(dev), m["td"].to(dev), m["ta"].to(dev)
-    opt_a, opt_d = tl.make_optimizers(ta, td, cfg.lr, cfg.g_reg_every, cfg.d_reg_every)
     treal = torch.from_numpy(np.ascontiguousarray(real_np.transpose(0, 3, 1, 2))).to(dev)
     tcfg = dict(truncation=cfg.truncation, mean_latent=m["w_avg"].to(dev), r1=cfg.r1,
                 d_reg_every=k, n_devices=c.devices)
     shapes = [(c.batch, 1, 2 ** ((j + 5) // 2), 2 ** ((j + 5) // 2)) for j in range(tg.num_layers)]
 
-    def torch_iter(r1, tg):
+    def torch_iter(r1, tg, td, opt_a, opt_d):
       def run():
         rnd = lambda s: torch.randn(*s, device=dev)
         noise = lambda: [rnd(s) for s in shapes]
@@ -324,9 +339,11 @@ def bench_iteration(args: Args) -> list[Result]:
         _torch_sync(dev)
       return run
     for kind in args.torch_modconv:
-      g = tg if kind == "fused" else _nonfused_copy(c, tg)
+      g, d = _torch_copy(kind, c, tg, td)
+      opts = tl.make_optimizers(ta, d, cfg.lr, cfg.g_reg_every, cfg.d_reg_every)
       for n in _torch_thread_variants(args, dev):
-        fns += [_with_threads(n, torch_iter(False, g)), _with_threads(n, torch_iter(True, g))]
+        fns += [_with_threads(n, torch_iter(False, g, d, *opts)),
+                _with_threads(n, torch_iter(True, g, d, *opts))]
         names.append(_torch_name(dev, f"official_iteration, {kind}", n))
   for fn in fns:
     fn()  # warm-up
