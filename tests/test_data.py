@@ -277,3 +277,18 @@ def test_shapes_dataset(tmp_path):
     np.testing.assert_array_equal(rec["mask"][..., 0], mask.astype(np.uint8) * 255)
     ids.add(int(rec["id"]))
   assert ids == set(range(24))
+
+
+def test_prepare_shapes_names_an_existing_dataset_of_another_size(tmp_path, caplog):
+  """--prepare_shapes builds only a missing dataset; asking for another size of an existing one
+  says which one is used instead of silently training on it."""
+  root = str(tmp_path / "l4f_shapes")
+  shapes.ensure_shapes(root, 16, 4)
+  assert [n for n in sorted(os.listdir(root)) if n[0] != "."] == [shapes.config_name(16, 4, 0)]
+  with caplog.at_level("WARNING"):
+    shapes.ensure_shapes(root, 16, 4)
+  assert "ignored" not in caplog.text
+  with caplog.at_level("WARNING"):
+    shapes.ensure_shapes(root, 16, 8)
+  assert "16px_n4_seed0, which is used" in caplog.text and "16px_n8_seed0" in caplog.text
+  assert [n for n in sorted(os.listdir(root)) if n[0] != "."] == [shapes.config_name(16, 4, 0)]

@@ -363,6 +363,13 @@ def ensure_shapes(dataset: str, size: int, num_examples: int, seed: int = 0) -> 
     raise ValueError(f"--dataset={dataset}: the built-in data is prepared at <dir>/l4f_shapes")
   if jax.process_index() == 0 and not os.path.exists(path):
     prepare_shapes(os.path.dirname(path) or ".", size=size, num_examples=num_examples, seed=seed)
+  elif jax.process_index() == 0:
+    wanted = config_name(size, num_examples, seed)
+    found = sorted(n for n in os.listdir(path) if not n.startswith("."))
+    if found and wanted not in found:  # the CLIs' --prepare_shapes builds only a missing dataset
+      logging.warning("--dataset=%s already holds l4f_shapes %s, which is used; --prepare_shapes "
+                      "asked for %s and is ignored (give a new --dataset to build that)", dataset,
+                      ", ".join(found), wanted)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("l4f_shapes_ready")
