@@ -512,6 +512,8 @@ CASES = {
                                                  says=("--torch_threads=",)),
     "benchmark_unknown_config": Case("benchmark", ("--config=tpu9000",),
                                      says=("--config=tpu9000 is unknown",)),
+    "benchmark_unknown_torch_reference": Case("benchmark", ("--torch_modconv=lean",),
+                                              says=("--torch_modconv", "nonfused_depthwise")),
     # -------------------------------------------------------------- make_pairs
     "make_pairs_out_is_another_dataset": Case(
         "make_pairs", GEN + ("--alpha={alpha_other}", "--out={tmp}/out", "--overwrite"),
