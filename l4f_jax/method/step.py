@@ -163,8 +163,9 @@ def discriminate(d_params, *xs, models: Models, cfg: L4FConfig):
   """D logits [B, 1] for each image batch in `xs` (one result per argument, a single array for one).
 
   D runs as separate calls: per argument and, within it, per each of `cfg.stddev_chunks` contiguous
-  chunks (each call forms its own minibatch-stddev groups). The calls are vmapped into one batched
-  D, which computes exactly the separate calls (real and fake batches never share a group).
+  chunks (each call forms its own minibatch-stddev groups). The calls run as one batched D whose
+  minibatch stddev is chunked, which computes exactly the separate calls (real and fake batches
+  never share a group).
   """
   return discriminate_in_chunks(_with_dtype(models.discriminator, cfg), d_params, *xs,
                                 chunks=cfg.stddev_chunks)
@@ -197,7 +198,7 @@ def train_step(state: TrainState, g_params, w_avg, real, inputs: Inputs, *, mode
   x_c = jax.lax.stop_gradient(x_c)
 
   def d_loss_fn(p):
-    fake_pred, real_pred = disc(p, x_c, real)  # two D calls (batched by vmap, never mixed)
+    fake_pred, real_pred = disc(p, x_c, real)  # two D calls (one batched D, never mixed)
     return d_logistic_loss(real_pred, fake_pred), (real_pred, fake_pred)
 
   (d_loss, (real_pred, fake_pred)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
