@@ -224,3 +224,20 @@ def test_flagfiles_follow_the_paper_tables():
     assert batch == 2 and phi_fg == 0.25 and dataset.startswith("workspace/datasets/"), name
     with open(path) as f:
       assert f"--flagfile=experiments/flags/{name}.flags" in f.readline() + f.readline(), name
+
+
+def test_shapes_flags_coverage_terms_bracket_the_world():
+  """shapes.flags: phi_fg below, and the fg cap 1 - phi_bg above, every l4f_shapes object's share
+  (a coverage term that binds on a correct mask pushes A off the object), and w_bg > lambda (at a
+  saturated alpha the binarization term pushes towards 1 with weight lambda; a weaker guard loses)."""
+  from l4f_jax.datasets import shapes
+  flags = {}
+  with open(os.path.join(ROOT, "experiments", "flags", "shapes.flags")) as f:
+    for line in f:
+      if line.startswith("--") and "=" in line:
+        key, value = line[2:].strip().split("=", 1)
+        flags[key] = value
+  cover = [shapes.render_example([0, i], 64)[1].mean() for i in range(300)]
+  assert float(flags["fg_coverage_value"]) < min(cover)
+  assert 1 - float(flags["bg_coverage_value"]) > max(cover)
+  assert float(flags["bg_coverage_wt"]) > float(flags["loss_multiplier"]) > 0
