@@ -1,6 +1,7 @@
 """The whole framework in one program: A -> pairs -> student -> segment real images -> eval.json.
 
-  python -m experiments.pipeline --flagfile=experiments/flags/shapes_pipeline.flags   (the README's main command)
+  python -m experiments.pipeline --flagfile=experiments/flags/shapes_pipeline.flags
+  (the README's main command)
 
 Stages, all library programs of this package run in-process on one system (one config pattern, one
 loading path, one loop), each resuming or reusing its output when re-run:
