@@ -14,8 +14,8 @@ rather than a thresholded copy, and its mask p > 0.5 targets the teacher's alpha
 cross-entropy is also the usual loss of the U-Net students trained on generated masks (Voynov et
 al., Melas-Kyriazi et al.). Dice is therefore off by default (dice_weight = 0): it is not proper (it
 rewards saturated outputs), it is unstable on images whose foreground is (nearly) empty, and the
-Labels4Free alphas are already near-binary with ~25 % foreground (the coverage loss), so there is
-no severe class imbalance to fix. Set it (e.g. 0.5) for datasets with small objects. Undecided
+Labels4Free alphas are already near-binary with a sizeable foreground (at least phi_fg: 0.25 in
+the official settings), so there is no severe class imbalance to fix. Set it (e.g. 0.5) for datasets with small objects. Undecided
 pixels (lo < alpha < hi, default 0.1 / 0.9) can be ignored (`ignore_undecided`): A is least
 trustworthy exactly there.
 
