@@ -99,6 +99,12 @@ def main(argv):
     raise UserError(f"--torch_threads={_TORCH_THREADS.value} must be integers >= 0")
   if _CHANNEL_MULTIPLIER.value not in (1, 2):
     raise UserError(f"--channel_multiplier={_CHANNEL_MULTIPLIER.value} must be 1 or 2")
+  if _TORCH.value:
+    from l4f_jax.system.convert import import_torch  # pylint: disable=import-outside-toplevel
+    try:
+      import_torch("timing the PyTorch reference")
+    except UserError as e:
+      raise UserError(f"{e}; or pass --notorch to time JAX alone") from None
   if _XLA_FLAGS.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _XLA_FLAGS.value).strip()
   args = Args(size, batch, _REPEATS.value, _CHANNEL_MULTIPLIER.value, _TORCH.value,

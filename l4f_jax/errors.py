@@ -16,11 +16,21 @@ import errno
 import functools
 import os
 import sys
-from typing import Optional
+import threading
+from typing import Callable, Optional
+
+
+MAX_LINE = 200  # characters of an error line, `prog: error: ` included; the rest is `detail`
 
 
 class UserError(Exception):
-  """Bad input or a refused destination; the message is one line naming the file or flag and the fix."""
+  """Bad input or a refused destination; the message is one line naming the file or flag and the
+  fix (at most MAX_LINE characters with its prefix). `detail` (e.g. a library's own message) is
+  printed after the line only with --verbose."""
+
+  def __init__(self, message: str, detail: Optional[str] = None):
+    super().__init__(message)
+    self.detail = detail
 
 
 def one_line(message: str) -> str:
@@ -28,13 +38,25 @@ def one_line(message: str) -> str:
   return " ".join(str(message).split())
 
 
-def fail(prog: str, message: str, code: int = 2):
-  """Prints the one error line and ends the process at once. `os._exit` skips the interpreter's
-  shutdown, where abandoned asynchronous writes of a failed save (Orbax / TensorStore tasks) would
-  otherwise print their tracebacks after the line; every output is staged and renamed, so nothing
-  is left half-written by not running the shutdown hooks."""
-  print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
-  sys.stdout.flush()
+_EXIT = threading.Lock()  # the first thread to fail prints its line; any other waits for the exit
+
+
+def fail(prog: str, message: str, code: int = 2, detail: Optional[str] = None):
+  """Prints the one error line (and `detail` after it, when given) and ends the process at once.
+  `os._exit` skips the interpreter's shutdown, where abandoned asynchronous writes of a failed save
+  (Orbax / TensorStore tasks) would otherwise print their tracebacks after the line; every output
+  is staged and renamed, so nothing is left half-written by not running the shutdown hooks. The
+  interrupt watchdog (`system.interrupts`) and the main thread may both end the process: a lock
+  lets only the first print."""
+  _EXIT.acquire()
+  try:
+    sys.stdout.flush()
+  except Exception:  # pylint: disable=broad-except  # a closed or full stdout must not hide the line
+    pass
+  text = f"{prog}: error: {one_line(message)}"
+  if detail:
+    text += "\n" + str(detail).rstrip()
+  os.write(2, (text + "\n").encode("utf-8", "replace"))
   os._exit(code)
 
 
@@ -110,9 +132,10 @@ def environment_message(e: OSError) -> str:
           "command again")
 
 
-def cli_main(prog: str):
+def cli_main(prog: str, verbose: Callable[[], bool] = lambda: False):
   """Decorator for an absl `main(argv)`: rejects positional arguments and turns UserError (and an
-  environment OSError, see the module docstring) into one line on stderr with exit status 2."""
+  environment OSError, see the module docstring) into one line on stderr with exit status 2; an
+  error's `detail` follows the line when `verbose()`."""
   def wrap(main):
     @functools.wraps(main)
     def wrapped(argv):
@@ -121,7 +144,7 @@ def cli_main(prog: str):
           raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
         return main(argv)
       except UserError as e:
-        fail(prog, str(e))
+        fail(prog, str(e), detail=e.detail if verbose() else None)
       except Exception as e:  # pylint: disable=broad-except
         env = environment_error(e)
         if env is None:

@@ -247,8 +247,9 @@ def test_bad_inputs_are_one_line_errors(world):
   busy.mkdir()
   (busy / "keep.txt").write_text("x")
   kw = dict(generator=world["gen_dir"], alpha=world["alpha"], images=world["images"])
-  with pytest.raises(UserError, match="is not empty; choose a new directory or pass --overwrite"):
-    invert(resolve(InvertConfig, out=str(busy), **kw))
+  for overwrite in (False, True):  # a folder of the user's is never replaced
+    with pytest.raises(UserError, match="holds files that invert did not write .e.g. keep.txt"):
+      invert(resolve(InvertConfig, out=str(busy), overwrite=overwrite, **kw))
   assert (busy / "keep.txt").read_text() == "x"
   with pytest.raises(UserError, match="--alpha=.*trained on a generator with other weights"):
     invert(resolve(InvertConfig, **dict(kw, alpha=world["other_alpha"]), out=str(base / "o1")))

@@ -73,7 +73,7 @@ def test_pairs_filter_and_refusals(world):
   assert kept["kept"] == int(np.sum(undecided <= limit)) and kept["dropped"] == N - kept["kept"]
   ids = [int(r["id"]) for r in _records(kept["path"])]
   assert ids == [i for i in range(N) if undecided[i] <= limit]
-  with pytest.raises(UserError, match="already exists; choose a new directory or pass --overwrite"):
+  with pytest.raises(UserError, match="holds an earlier make_pairs output; pass --overwrite"):
     make_pairs(resolve(PairsConfig, generator=world["g"], alpha=world["a"],
                        out=str(base / "pairs_f"), n=N))
   other = make_generator_dir(str(base / "g_other"), size=16, seed=5)
@@ -132,7 +132,7 @@ def test_segment_outputs_at_the_inputs_own_sizes(world, student):
     np.testing.assert_array_equal((m == 255)[sure], (a >= 255 * summary["threshold"])[sure])
   assert (out / "contact_sheet.png").exists()
   before = sorted(os.listdir(out))
-  with pytest.raises(UserError, match="is not empty; choose a new directory or pass --overwrite"):
+  with pytest.raises(UserError, match="holds an earlier segment output; pass --overwrite"):
     segment(resolve(SegmentConfig, segmenter=full["export"], images=str(src), out=str(out)))
   assert sorted(os.listdir(out)) == before
   with pytest.raises(UserError, match="is not a segmenter export"):

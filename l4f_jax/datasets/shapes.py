@@ -461,7 +461,10 @@ def _heldout_status(out_dir: str, params: dict) -> str:
   if manifest.get("format") != HELDOUT_FORMAT:
     return f"holds format {manifest.get('format')!r}, not {HELDOUT_FORMAT!r}"
   if manifest.get("params") != params:
-    return f"was built with {manifest.get('params')}, not the requested {params}"
+    old = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
+    diff = ", ".join(f"{k} {old.get(k)!r}" for k in params if old.get(k) != params[k])
+    want = ", ".join(f"{k} {params[k]!r}" for k in params if old.get(k) != params[k])
+    return f"was built with {diff}, not {want}"
   for i in range(params["n"]):
     for sub in ("images", "masks"):
       if not os.path.isfile(os.path.join(out_dir, sub, f"{i}.png")):
@@ -516,8 +519,7 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
   replace = status not in ("absent", "empty")
   if replace and not (overwrite and (status.startswith("was built") or
                                      status.startswith("is incomplete"))):
-    raise UserError(f"{out_dir}: {status}; pass a new folder"
-                    + ("" if overwrite else " (or overwrite=True to replace a split)"))
+    raise UserError(f"{out_dir}: {status}; pass a new folder")
   parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp_{name}_")

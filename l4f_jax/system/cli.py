@@ -7,8 +7,9 @@
     train_and_evaluate(from_flags(TrainConfig))
 
 `cli.main(prog)` rejects positional arguments, prints a UserError as one line
-(`prog: error: ...`, exit 2) and an interrupted run's line with exit 130; `cli.run(main)` is
-`app.run` with flag errors reported the same way.
+(`prog: error: ...`, exit 2; its detail follows with --verbose) and an interrupted run's line with
+exit 130 (`system.interrupts`: Ctrl-C or SIGTERM at any moment); `cli.run(main)` is `app.run` with
+flag errors reported the same way.
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import functools
 from absl import flags
 
 from l4f_jax import errors
+from l4f_jax.system import interrupts
+
+_VERBOSE = flags.DEFINE_bool("verbose", False, "After an error's line, print its detail (e.g. the "
+                             "library's own message).")
 
 
 def define_distributed_flags(flag_values=flags.FLAGS) -> None:
@@ -46,15 +51,20 @@ def init_distributed(flag_values=flags.FLAGS) -> None:
 def main(prog: str):
   """Decorator of an absl main: one-line errors (exit 2), interrupted runs exit 130."""
   def wrap(fn):
-    @errors.cli_main(prog)
+    @errors.cli_main(prog, verbose=lambda: _VERBOSE.value)
     @functools.wraps(fn)
     def inner(argv):  # pylint: disable=missing-docstring
-      from l4f_jax.system import loop, metrics_log  # pylint: disable=import-outside-toplevel
+      from l4f_jax.system import files, metrics_log  # pylint: disable=import-outside-toplevel
+      interrupts.install()
+      interrupts.enter_main(prog)
       metrics_log.quiet_library_logs()
       try:
         return fn(argv)
-      except loop.Interrupted as e:
+      except files.Interrupted as e:
         errors.fail(prog, str(e), code=130)
+      except KeyboardInterrupt:
+        errors.fail(prog, f"stopped by {interrupts.caught() or 'SIGINT'}; nothing was written",
+                    code=130)
     inner.prog = prog
     return inner
   return wrap
@@ -64,4 +74,5 @@ def run(main_fn) -> None:
   """`app.run` of a `cli.main`-decorated main, with flag errors (unknown flag, malformed value)
   reported as the same one line (exit 2)."""
   from absl import app  # pylint: disable=import-outside-toplevel
+  interrupts.install()
   app.run(main_fn, flags_parser=errors.flags_parser(main_fn.prog))

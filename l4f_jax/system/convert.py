@@ -20,7 +20,8 @@ import numpy as np
 
 from l4f_jax.models.alpha import alpha_levels, merge_names
 from l4f_jax.models.stylegan2 import channel_table, noise_shapes, num_layers
-from l4f_jax.system import weights
+from l4f_jax import errors
+from l4f_jax.system import files, weights
 from l4f_jax.errors import UserError
 
 ALLOW_PICKLE_HINT = "rerun with --allow_pickle (only for files you trust: it can execute code)"
@@ -34,8 +35,7 @@ def load_torch_checkpoint(path: str, allow_pickle: bool = False) -> dict:
   """torch.load on CPU -> dict. weights_only=True unless `allow_pickle` (trusted files only)."""
   import pickle  # noqa: PLC0415
 
-  import torch  # noqa: PLC0415  (lazy: only conversion needs torch)
-
+  torch = import_torch("reading PyTorch checkpoints")
   if not os.path.exists(path):
     raise UserError(f"--src {path} does not exist")
   if os.path.isdir(path):
@@ -49,14 +49,42 @@ def load_torch_checkpoint(path: str, allow_pickle: bool = False) -> dict:
       raise UserError(f"{path} contains pickled Python objects ({glob.group(1)}, e.g. the "
                       f"training 'args'); {ALLOW_PICKLE_HINT}") from None
     raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(msg)})") from None
-  except (RuntimeError, EOFError, KeyError, ValueError, TypeError, AttributeError, ImportError,
-          OSError) as e:
+  except OSError as e:
+    if errors.environment_error(e) is not None:
+      raise
+    raise UserError(f"{path} is not a PyTorch checkpoint (OSError: {_first_line(str(e), 80)})",
+                    detail=str(e)) from None
+  except Exception as e:  # pylint: disable=broad-except  # any failure of the unpickler
     raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
-                    f"{_first_line(str(e))})") from None
+                    f"{_first_line(str(e), 80)})", detail=str(e)) from None
   if not isinstance(obj, dict):
     raise UserError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict with "
                     f"'g_ema' / 'g' / 'd' / 'bg_extractor_ema'")
   return obj
+
+
+def import_torch(purpose: str):
+  """`import torch`, or one line saying what to install (the README's first command does not)."""
+  try:
+    import torch  # noqa: PLC0415  (lazy: only conversion and the references need torch)
+  except ImportError:
+    raise UserError(f"{purpose} needs PyTorch, which is not installed: pip install "
+                    "torch==2.13.0 (the CPU wheel)") from None
+  return torch
+
+
+def nonfinite_tensors(ckpt: dict, keys) -> list[str]:
+  """'entry/key' of every floating tensor of the state dicts `keys` of `ckpt` holding NaN or inf."""
+  bad = []
+  for entry in keys:
+    sd = ckpt.get(entry)
+    items = sd.items() if isinstance(sd, dict) else [("", sd)]
+    for k, v in items:
+      if hasattr(v, "dtype") and hasattr(v, "shape"):
+        a = to_numpy(v)
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+          bad.append(f"{entry}/{k}" if k else entry)
+  return bad
 
 
 def _first_line(msg: str, limit: int = 160) -> str:
@@ -487,7 +515,15 @@ def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float =
   if os.path.lexists(dst) and not overwrite:
     raise UserError(f"--dst {dst} already exists; choose a new --dst or pass "
                     f"--overwrite")
+  files.check_writable_dir(dst, "--dst")
+  files.check_disjoint(dst, [("--src", src)], "--dst")
   ckpt = load_torch_checkpoint(src, allow_pickle=allow_pickle)
+  used = [k for k in GENERATOR_KEYS + ALPHA_KEYS + ("d", "latent_avg") if k in ckpt]
+  bad = nonfinite_tensors(ckpt, used)
+  if bad:
+    more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
+    raise UserError(f"{src} holds non-finite tensors ({', '.join(bad[:2])}{more}); convert a "
+                    "checkpoint from before the run diverged")
   config, trees, report = convert_checkpoint(ckpt, lr_mlp=lr_mlp, size=size)
   for line in report:
     log(line)

@@ -26,8 +26,11 @@ Outputs (<name> = the latent's stem or seed<k>):
   "background_psnr": {"naive": dB, "preserved": dB (--completion), "preserved_by_completion":
   {"g_bg": dB, "inpaint": dB}}, pooled over the pixels that are background in BOTH the original's
   and the edit's hard masks, per-image values, the direction's eigenvalue and the settings.
-Written to a temporary directory and renamed into place; an existing non-empty `out` is refused
-unless `overwrite`.
+Written to a staging folder next to `out` and renamed into place (`files.staged`); `--out` may not
+be, hold or lie inside --latents, and an existing `out` is replaced only with `overwrite` and only
+when it is an earlier edit output. Every edit is computed before the first picture is written, so
+a killed run's staging folder holds nothing to resume from: the next run removes it, saying so.
+A non-finite edit stops the run with one line.
 """
 from __future__ import annotations
 
@@ -35,7 +38,6 @@ import dataclasses
 import functools
 import importlib.util
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,8 @@ from l4f_jax.errors import UserError
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
 SUMMARY = "metrics.json"
+OUTPUTS = ("original", "masks", "naive", "preserved", "background", "edited_masks", "grid.png",
+           SUMMARY)
 COMPLETIONS = ("inpaint", "g_bg")
 
 
@@ -210,7 +214,8 @@ def edit(cfg: EditConfig) -> dict:
   if importlib.util.find_spec("skimage") is None:
     raise UserError("the inpainting completion needs scikit-image, which is not installed; run "
                     "pip install -r requirements.txt")
-  out_dir = files.check_output_dir(cfg.out, cfg.overwrite)
+  out_dir = files.check_output_dir(cfg.out, cfg.overwrite, program="edit", summary=SUMMARY,
+                                   owned=OUTPUTS, inputs=[("--latents", cfg.latents)])
   gen = load_generator(cfg.generator)
   alpha_params = load_alpha(cfg.alpha, gen)
   if cfg.direction >= gen.module.style_dim:
@@ -222,6 +227,10 @@ def edit(cfg: EditConfig) -> dict:
     names, latents, noise = load_latents(cfg.latents, gen, cfg.seed)
   eigenvalues, directions = editing.sefa_directions(editing.modulation_matrix(gen.params))
   r = edit_arrays(gen, alpha_params, latents, noise, directions[:, cfg.direction], cfg)
+  bad = [k for k in ("image", "edited", "alpha", "alpha_edit") if not np.all(np.isfinite(r[k]))]
+  if bad:
+    raise UserError(f"--generator={cfg.generator}: the edit is not finite ({', '.join(bad)}); "
+                    "lower --strength, nothing was written")
   psnr = lambda key: editing.psnr_from_sse(r[key], r["count"])
   per_image = {n: {"naive": editing.psnr_from_sse(r["sse_naive"][k], r["count"][k]),
                    **{c: editing.psnr_from_sse(r[f"sse_{c}"][k], r["count"][k])
@@ -238,8 +247,8 @@ def edit(cfg: EditConfig) -> dict:
              "eigenvalue": float(eigenvalues[cfg.direction]),
              "generator": os.path.abspath(cfg.generator),
              "generator_fingerprint": gen.fingerprint, "config": to_dict(cfg)}
-  tmp = files.staging_dir(out_dir)
-  try:
+  with files.staged(out_dir, program="edit") as st:
+    tmp = st.path
     hard = lambda a: (a[..., 0] > cfg.threshold)
     pictures = {"original": r["image"], "masks": hard(r["alpha"]), "naive": r["edited"],
                 "preserved": r[f"preserved_{cfg.completion}"],
@@ -257,8 +266,5 @@ def edit(cfg: EditConfig) -> dict:
           "preserved edit": preserved, "difference": _difference(preserved, r["image"][:k]),
           "naive difference": _difference(r["edited"][:k], r["image"][:k])})
     metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    files.replace_dir(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    st.commit()
   return summary

@@ -19,7 +19,10 @@ once: a file that cannot be decoded is refused with one line naming it, and so i
 0/1 masks (values 0 and 1 only, some 1). The official reading counts only 255 as foreground, so
 such masks would silently score foreground IoU 0; save them as 0/255 (or score them with
 `evaluation.evaluate_prediction_folder`, which reads 0/1 folders as such).
-The table is printed (through `log`) and, with `out`, the metrics go to <out>/metrics.json.
+The table is printed (through `log`) and, with `out`, the metrics go to <out>/metrics.json. `out`
+is assembled in a staging folder and renamed into place (`files.staged`); it may not be, hold or
+lie inside an input, and an existing `out` is replaced only with `overwrite` and only when it is an
+earlier evaluate output.
 `experiments/evaluate.py` is the CLI (flags derived from EvaluateConfig).
 """
 from __future__ import annotations
@@ -29,11 +32,13 @@ import os
 from typing import Callable, Optional
 
 from l4f_jax.config import option
-from l4f_jax.system import loop
+from l4f_jax.system import files
 from l4f_jax.errors import UserError
 
 
 REAL_TEST = "workspace/datasets/l4f_shapes_real_test"
+SUMMARY = "metrics.json"
+OUTPUTS = ("errors.png", "segment", SUMMARY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,7 @@ class EvaluateConfig:
   gt_masks: Optional[str] = option(None, "Exact masks of --images, paired by file stem (0/255, "
                                    "0/1 or 16-bit).")
   out: Optional[str] = option(None, "Write metrics.json (and grids) here.")
+  overwrite: bool = option(False, "Replace an earlier evaluate output at --out.")
   grid_samples: int = option(16, "Samples shown in the error grid.", ge=1)
 
 
@@ -88,7 +94,10 @@ def check(cfg: EvaluateConfig) -> str:
     raise UserError("--generator needs --alpha=<alpha weight directory> (a training run's alpha/ "
                     "export, or experiments.convert of an official checkpoint)")
   if cfg.out:
-    loop.check_writable_dir(cfg.out, "--out")
+    files.check_output_dir(cfg.out, cfg.overwrite, program="evaluate", summary=SUMMARY,
+                           owned=OUTPUTS, inputs=[(f"--{k}", getattr(cfg, k)) for k in (
+                               "generator", "alpha", "gt_dir", "pred_dir", "masks", "segmenter",
+                               "images", "gt_masks")])
   return next(m for m, on in modes.items() if on)
 
 
@@ -158,7 +167,7 @@ def evaluate_folders(cfg: EvaluateConfig) -> dict:
   return _score_folders(cfg.gt_dir, cfg.pred_dir, flags=("--gt_dir=", "--pred_dir="))
 
 
-def evaluate_generated(cfg: EvaluateConfig) -> dict:
+def evaluate_generated(cfg: EvaluateConfig, out_dir: Optional[str] = None) -> dict:
   """Hard masks of `n` samples against the l4f_shapes oracle (+ errors.png under `out`)."""
   # pylint: disable=import-outside-toplevel
   import jax
@@ -184,9 +193,9 @@ def evaluate_generated(cfg: EvaluateConfig) -> dict:
   result.update(source="generated", n=cfg.n, seed=cfg.seed, truncation=cfg.truncation,
                 threshold=cfg.threshold, oracle=cfg.oracle, generator=cfg.generator,
                 alpha=cfg.alpha)
-  if cfg.out:
+  if out_dir:
     k = min(cfg.grid_samples, cfg.n)
-    images.save_grid(os.path.join(cfg.out, "errors.png"), {
+    images.save_grid(os.path.join(out_dir, "errors.png"), {
         "image": out["image"][:k], "alpha": alpha[:k],
         "mask": out["hard_mask"][:k, ..., None].astype(np.float32),
         "oracle": gt[:k, ..., None].astype(np.float32),
@@ -196,14 +205,14 @@ def evaluate_generated(cfg: EvaluateConfig) -> dict:
   return result
 
 
-def evaluate_segmenter(cfg: EvaluateConfig) -> dict:
+def evaluate_segmenter(cfg: EvaluateConfig, out_dir: str) -> dict:
   """Segments the images (into <out>/segment) and scores the masks against the exact ones, paired
   by stem; FP (yellow) / FN (cyan) pictures in <out>/errors.png."""
   from l4f_jax.system.pipeline import score_segmenter  # pylint: disable=import-outside-toplevel
   images = cfg.images or os.path.join(REAL_TEST, "images")
   gt = cfg.gt_masks or os.path.join(REAL_TEST, "masks")
-  result = score_segmenter(cfg.segmenter, images, gt, os.path.join(cfg.out, "segment"),
-                           errors_png=os.path.join(cfg.out, "errors.png"))
+  result = score_segmenter(cfg.segmenter, images, gt, os.path.join(out_dir, "segment"),
+                           errors_png=os.path.join(out_dir, "errors.png"))
   result.update(source="segmenter", images=images, gt_masks=gt)
   return result
 
@@ -214,14 +223,21 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
   from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
   from l4f_jax.system.metrics_log import write_json  # pylint: disable=import-outside-toplevel
   mode = check(cfg)
-  if mode == "segmenter":
-    result = evaluate_segmenter(cfg)
-  else:
-    result = evaluate_generated(cfg) if mode == "generated" else evaluate_folders(cfg)
+
+  def run(out_dir):
+    if mode == "segmenter":
+      return evaluate_segmenter(cfg, out_dir)
+    return evaluate_generated(cfg, out_dir) if mode == "generated" else evaluate_folders(cfg)
+
+  if not cfg.out:
+    result = run(None)
+    log(evaluation.format_table(result))
+    return result
+  out = os.path.abspath(cfg.out)
+  with files.staged(out, program="evaluate") as st:
+    result = run(st.path)
+    write_json(os.path.join(st.path, SUMMARY), result)
+    st.commit()
   log(evaluation.format_table(result))
-  if cfg.out:
-    os.makedirs(cfg.out, exist_ok=True)
-    path = os.path.join(cfg.out, "metrics.json")
-    write_json(path, result)
-    log(f"wrote {path}")
+  log(f"wrote {os.path.join(out, SUMMARY)}")
   return result

@@ -22,6 +22,9 @@ Decoding rules (`read_rgb`), every input ends as uint8 RGB [H, W, 3]:
   as sRGB.
 - Anything Pillow cannot open or fully decode (a text file named .png, a truncated file, an
   unsupported mode) raises `UnreadableImage` (a `UserError`) with a one-line reason.
+- An image of more than `max_pixels` pixels (default `MAX_PIXELS`, 100 MP) is refused the same way
+  before it is decoded (a decompression bomb or a panorama that would not fit in memory); the
+  programs' `--max_pixels` raises the limit. Pillow's own bomb check is replaced by this one.
 
 Model input (`to_model_input`): the WHOLE image is resized to size x size (LANCZOS, which
 antialiases when shrinking); the aspect ratio is not kept, so nothing is cropped away. The
@@ -41,6 +44,7 @@ import os
 import warnings
 
 import numpy as np
+from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from l4f_jax.method.evaluation import natural_key
@@ -52,6 +56,8 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _LETTERBOX = 96      # grey level around a letterboxed picture in `contact_sheet`
 _CHECKER = (204, 153)  # checkerboard grey levels behind cut-outs
 _CHECKER_SQUARE = 8
+MAX_PIXELS = 100_000_000
+PIXEL_BUDGET = 200_000_000  # input pixels `read_batches` holds at once
 
 
 class UnreadableImage(UserError):
@@ -86,6 +92,11 @@ def _split_spec(spec) -> list[str]:
       return [spec]
     return [s.strip() for s in spec.split(",") if s.strip()]
   return [os.fspath(s) for s in spec]
+
+
+def input_roots(spec) -> list[tuple[str, str]]:
+  """('--images', path) of every folder or file that `spec` names (for `files.check_disjoint`)."""
+  return [("--images", item) for item in _split_spec(spec)]
 
 
 def list_inputs(spec: str | list[str]) -> list[str]:
@@ -225,16 +236,32 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"))
 
 
-def read_rgb(path) -> np.ndarray:
+def _open(path):
+  """Image.open without Pillow's own decompression-bomb check (`read_rgb` applies max_pixels)."""
+  old = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None
+  try:
+    return Image.open(path)
+  finally:
+    Image.MAX_IMAGE_PIXELS = old
+
+
+def read_rgb(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Decodes one image file to uint8 RGB [H, W, 3] (rules in the module docstring).
 
   Raises:
-    UnreadableImage (one line: the path and why) for missing, corrupt, truncated or non-image files.
+    UnreadableImage (one line: the path and why) for missing, corrupt, truncated or non-image
+    files, and for images of more than `max_pixels` pixels (checked before decoding).
   """
   try:
     with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      with Image.open(path) as img:
+      warnings.simplefilter("ignore")  # Pillow's EXIF / palette notes; the pixel limit is ours
+      with _open(path) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+          raise UnreadableImage(one_line(
+              f"{os.fspath(path)}: {w}x{h} is {w * h / 1e6:.0f} MP, over the limit of "
+              f"{max_pixels / 1e6:.0f} MP; pass --max_pixels={w * h} to read it"))
         img.load()
         try:
           oriented = ImageOps.exif_transpose(img)
@@ -248,6 +275,41 @@ def read_rgb(path) -> np.ndarray:
   if out.ndim != 3 or out.shape[-1] != 3 or out.shape[0] == 0 or out.shape[1] == 0:
     raise _unreadable(path, f"decoded to an unusable shape {out.shape}")
   return out
+
+
+def input_signature(paths: list[str], stems: list[str]) -> list:
+  """(path, stem, size, mtime) of every input: a resumed run must see the same files."""
+  sig = []
+  for p, stem in zip(paths, stems):
+    try:
+      st = os.stat(p)
+      sig.append([os.path.abspath(p), stem, st.st_size, st.st_mtime_ns])
+    except OSError:
+      sig.append([os.path.abspath(p), stem, None, None])
+  return sig
+
+
+def read_batches(todo: list, step: int, max_pixels: int, skipped: list):
+  """Yields lists of (index, path, stem, rgb) of at most `step` readable inputs holding at most
+  PIXEL_BUDGET pixels (one over-budget image goes alone); unreadable ones go to `skipped`."""
+  chunk, pixels = [], 0
+  for k, path, stem in todo:
+    try:
+      rgb = read_rgb(path, max_pixels)
+    except UnreadableImage as e:
+      skipped.append({"file": path, "reason": str(e)})
+      logging.info("skipped %s", e)
+      continue
+    if chunk and pixels + rgb.shape[0] * rgb.shape[1] > PIXEL_BUDGET:
+      yield chunk
+      chunk, pixels = [], 0
+    chunk.append((k, path, stem, rgb))
+    pixels += rgb.shape[0] * rgb.shape[1]
+    if len(chunk) == step:
+      yield chunk
+      chunk, pixels = [], 0
+  if chunk:
+    yield chunk
 
 
 # ----------------------------------------------------------------------------- model in / out
@@ -388,7 +450,8 @@ def contact_sheet(rows, cell: int = 128, max_items: int = 64, columns: int = 8) 
   """Overview picture of segmented inputs.
 
   Args:
-    rows: list of (rgb uint8 [H, W, 3], alpha float [H, W]) pairs, any sizes.
+    rows: list of (rgb uint8 [H, W, 3], alpha float [H, W]) pairs, any sizes, or of the cells
+      `contact_sheet_cells` made of them (what a long run keeps instead of its full inputs).
     cell: side of each square cell (pictures keep their aspect, letterboxed on grey).
     max_items: only the first max_items inputs are drawn.
     columns: inputs per block.
@@ -402,7 +465,8 @@ def contact_sheet(rows, cell: int = 128, max_items: int = 64, columns: int = 8) 
   items = list(rows)[:max(int(max_items), 0)]
   if not items:
     raise ValueError("contact_sheet: nothing to draw")
-  cells = [contact_sheet_cells(rgb, alpha, cell) for rgb, alpha in items]
+  cells = [item if len(item) == 3 else contact_sheet_cells(item[0], item[1], cell)
+           for item in items]
   grid_rows = []
   for start in range(0, len(cells), columns):
     block = cells[start:start + columns]

@@ -9,6 +9,7 @@ projected into G by `method.inversion` (latent w or w+ and the noise maps; rosin
 with a loss that needs no downloaded weights), then A reads the features of G at the found latent:
 
   <out>/masks/<stem>.png    0 / 255 at the input's own size: 255 where A's alpha > threshold (0.9)
+  <out>/alpha/<stem>.png    A's soft mask, round(255 alpha), at the input's own size
   <out>/latents/<stem>.npy  the latent, float32 [style_dim] (w) or [n_latent, style_dim] (w+)
   <out>/noise/<stem>.npz    its noise maps n0, n1, ... [r, r, 1] (G(latent, noise) = the recon)
   <out>/recon/<stem>.png    G(latent, noise) at G's size
@@ -20,14 +21,18 @@ with a loss that needs no downloaded weights), then A reads the features of G at
 Batches of `batch` images per device run as one jitted program whose inputs are sharded over a
 Mesh of all local devices (every image's optimisation is independent: its random draws come from
 fold_in(stream 'invert' of --seed, its index), so its result does not depend on the batch or the
-device count). Unreadable files are skipped and named. Outputs go to a temporary directory next to
-`out`, renamed into place at the end; an existing non-empty `out` is refused unless `overwrite`.
+device count). Unreadable files, and images over --max_pixels, are skipped and named.
+
+Outputs go to a staging folder next to `out`, renamed into place at the end (`files.staged`);
+`--out` may not be, hold or lie inside an input, and an existing `out` is replaced only with
+`overwrite` and only when it is an earlier invert output. A killed or interrupted run leaves its
+staging folder with a journal of the images done: the same command resumes from it (each image's
+result depends only on its index, so a resumed run writes what an uninterrupted one would).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 
 import jax
@@ -40,9 +45,10 @@ from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import N_MEAN_LATENT
 from l4f_jax.system import files, image_io, images, metrics_log, sharding, training
 from l4f_jax.errors import UserError
-from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
+from l4f_jax.system.weights import LoadedGenerator, fingerprint, load_alpha, load_generator
 
 SUMMARY = "metrics.json"
+OUTPUTS = ("masks", "alpha", "recon", "latents", "noise", "grid.png", SUMMARY)
 LOSSES = ("pixel", "d_features", "mse")
 
 
@@ -64,6 +70,8 @@ class InvertConfig:
   batch: int = option(16, "Images per device per program.", ge=1)
   seed: int = option(0, "Seed of w-bar / sigma_w and of the per-image noise and jitter draws.")
   sheet_items: int = option(16, "Inputs shown in grid.png (0 = none).", ge=0)
+  max_pixels: int = option(image_io.MAX_PIXELS, "Larger images are skipped (named in "
+                           "metrics.json) before they are decoded.", ge=1)
   projector: inversion.ProjectorConfig = nested(inversion.ProjectorConfig)
 
 
@@ -145,15 +153,28 @@ def _write_one(tmp: str, stem: str, rgb, out: dict, k: int, threshold: float) ->
   a_hw = image_io.alpha_to_original(out["alpha"][k], rgb.shape[:2])
   images.save_png(os.path.join(tmp, "masks", f"{stem}.png"),
                   np.where(a_hw > threshold, 255, 0).astype(np.uint8))
+  images.save_png(os.path.join(tmp, "alpha", f"{stem}.png"), a_hw)
   images.save_png(os.path.join(tmp, "recon", f"{stem}.png"), out["recon"][k])
   np.save(os.path.join(tmp, "latents", f"{stem}.npy"), out["latent"][k].astype(np.float32))
   np.savez(os.path.join(tmp, "noise", f"{stem}.npz"),
            **{f"n{j}": n[k].astype(np.float32) for j, n in enumerate(out["noise"])})
 
 
+def _resumed_row(tmp: str, path: str, stem: str, size: int, threshold: float, max_pixels: int):
+  """Grid row (input, recon, alpha, mask at G's size) of an image a killed run already inverted."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  x = image_io.to_model_input(image_io.read_rgb(path, max_pixels), size)
+  with Image.open(os.path.join(tmp, "recon", f"{stem}.png")) as r:
+    recon = np.asarray(r.convert("RGB"), np.float32) / 127.5 - 1.0
+  with Image.open(os.path.join(tmp, "alpha", f"{stem}.png")) as a:
+    alpha = image_io.alpha_to_original(np.asarray(a, np.float32) / 255.0, (size, size))[..., None]
+  return x, recon, alpha, alpha > threshold
+
+
 def invert(cfg: InvertConfig) -> dict:
   """Inverts every input (module docstring); returns the summary written to metrics.json."""
-  out = files.check_output_dir(cfg.out, cfg.overwrite)
+  out = files.check_output_dir(cfg.out, cfg.overwrite, program="invert", summary=SUMMARY,
+                               owned=OUTPUTS, inputs=image_io.input_roots(cfg.images))
   paths = image_io.list_inputs(cfg.images)
   if not paths:
     raise UserError(f"--images={cfg.images}: no images found")
@@ -164,56 +185,73 @@ def invert(cfg: InvertConfig) -> dict:
   mesh = sharding.make_mesh(len(jax.local_devices()))
   step = cfg.batch * mesh.devices.size
   run = inverter(gen, alpha_params, cfg, mesh)
-  t0 = time.perf_counter()
-  run.compile(step)
-  compile_s = time.perf_counter() - t0
-  tmp = files.staging_dir(out)
-  skipped, sheet, psnrs, seconds = [], [], {}, 0.0
+  settings = {"generator": gen.fingerprint, "alpha": fingerprint(alpha_params),
+              "config": {k: v for k, v in to_dict(cfg).items()
+                         if k not in ("out", "overwrite", "sheet_items", "batch")},
+              "inputs": image_io.input_signature(paths, stems)}
+  skipped, rows, psnrs, seconds, compile_s, n_new = [], {}, {}, 0.0, 0.0, 0
   progress = metrics_log.Progress(0, len(paths))
-  try:
-    for d in ("masks", "recon", "latents", "noise"):
-      os.makedirs(os.path.join(tmp, d))
-    for s in range(0, len(paths), step):
-      chunk, rgbs = [], []
-      for path, stem in zip(paths[s:s + step], stems[s:s + step]):
-        try:
-          rgbs.append(image_io.read_rgb(path))
-          chunk.append(stem)
-        except image_io.UnreadableImage as e:
-          skipped.append({"file": path, "reason": str(e)})
-          metrics_log.log_console(f"skipped {e}")
-      if not rgbs:
+  with files.staged(out, program="invert", settings=settings, resumable=True) as st:
+    tmp = st.path
+    for d in ("masks", "alpha", "recon", "latents", "noise"):
+      os.makedirs(os.path.join(tmp, d), exist_ok=True)
+    finished = {e["file"]: e for e in st.journal}
+    for k, (path, stem) in enumerate(zip(paths, stems)):
+      e = finished.get(os.path.abspath(path))
+      if e is None:
         continue
-      x = np.stack([image_io.to_model_input(r, gen.size) for r in rgbs])
+      if "skipped" in e:
+        skipped.append({"file": path, "reason": e["skipped"]})
+        continue
+      psnrs[stem] = e["psnr"]
+      if k < cfg.sheet_items:
+        rows[k] = _resumed_row(tmp, path, stem, gen.size, cfg.threshold, cfg.max_pixels)
+    todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
+            if os.path.abspath(p) not in finished]
+    if todo:
+      t0 = time.perf_counter()
+      run.compile(step)
+      compile_s = time.perf_counter() - t0
+    for chunk in image_io.read_batches(todo, step, cfg.max_pixels, skipped):
+      x = np.stack([image_io.to_model_input(c[3], gen.size) for c in chunk])
       x = np.concatenate([x, np.zeros((step - len(x),) + x.shape[1:], x.dtype)])
+      index = [c[0] for c in chunk] + list(range(len(paths), len(paths) + step - len(chunk)))
       t1 = time.perf_counter()
-      res = run(x, s + np.arange(step))
+      res = run(x, np.asarray(index))
       seconds += time.perf_counter() - t1
-      for k, (stem, rgb) in enumerate(zip(chunk, rgbs)):
-        _write_one(tmp, stem, rgb, res, k, cfg.threshold)
-        psnrs[stem] = round(float(res["psnr"][k]), 3)
-        if len(sheet) < cfg.sheet_items:
-          sheet.append((x[k], res["recon"][k], res["alpha"][k], res["alpha"][k] > cfg.threshold))
-      metrics_log.log_console(f"invert: {progress.line(min(s + step, len(paths)))}")
+      if not all(np.all(np.isfinite(res[key][:len(chunk)])) for key in ("recon", "alpha")):
+        raise UserError(f"--generator={cfg.generator}: the inversion of {chunk[0][1]} is not "
+                        "finite; lower --lr, nothing was written")
+      entries = []
+      for j, (k, path, stem, rgb) in enumerate(chunk):
+        _write_one(tmp, stem, rgb, res, j, cfg.threshold)
+        psnrs[stem] = round(float(res["psnr"][j]), 3)
+        entries.append({"file": os.path.abspath(path), "psnr": psnrs[stem]})
+        if k < cfg.sheet_items:
+          rows[k] = (x[j], res["recon"][j], res["alpha"][j], res["alpha"][j] > cfg.threshold)
+      entries += [{"file": os.path.abspath(e["file"]), "skipped": e["reason"]} for e in skipped
+                  if os.path.abspath(e["file"]) not in finished]
+      st.record(entries)
+      finished.update({e["file"]: e for e in entries})
+      n_new += len(chunk)
+      metrics_log.log_console(f"invert: {progress.line(len(psnrs) + len(skipped))}")
     if not psnrs:
       raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
                       f"(e.g. {skipped[0]['reason']}); nothing was written")
-    if sheet:
-      cols = list(zip(*sheet))
+    if rows:
+      cols = list(zip(*[rows[k] for k in sorted(rows)]))
       images.save_grid(os.path.join(tmp, "grid.png"),
                        {"image": np.stack(cols[0]), "recon": np.stack(cols[1]),
                         "alpha": np.stack(cols[2]), "mask": np.stack(cols[3])})
     n = len(psnrs)
     summary = {"inverted": n, "skipped": len(skipped), "skipped_files": skipped,
                "psnr": psnrs, "psnr_mean": round(float(np.mean(list(psnrs.values()))), 3),
-               "seconds_per_image": seconds / n, "images_per_second": n / max(seconds, 1e-9),
+               "seconds_per_image": seconds / max(n_new, 1),
+               "images_per_second": n_new / max(seconds, 1e-9), "resumed": n - n_new,
                "compile_seconds": compile_s, "devices": int(mesh.devices.size),
                "generator": os.path.abspath(cfg.generator),
                "generator_fingerprint": gen.fingerprint, "alpha": os.path.abspath(cfg.alpha),
                "size": gen.size, "images": cfg.images, "config": to_dict(cfg)}
     metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    files.replace_dir(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    st.commit()
   return summary

@@ -32,23 +32,18 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 from typing import Any, Callable, Iterable, Optional
 
 import jax
 import numpy as np
 
-from l4f_jax.system import metrics_log
-from l4f_jax.system.files import check_writable_dir  # noqa: F401  # loop.check_writable_dir
+from l4f_jax.system import interrupts, metrics_log
+from l4f_jax.system.files import Interrupted, check_writable_dir
 from l4f_jax.system.checkpoints import Checkpointer
 from l4f_jax.errors import UserError
 
 FLAGS_FILE, LOCK_FILE = "flags.json", ".lock"
-
-
-class Interrupted(UserError):
-  """The run was stopped by a signal after saving what it could."""
 
 
 def _is_main() -> bool:
@@ -209,33 +204,6 @@ def tree_is_finite(tree) -> bool:
   return all(np.all(np.isfinite(x)) for x in leaves if np.issubdtype(x.dtype, np.floating))
 
 
-class _Signals:
-  """Turns SIGINT / SIGTERM into a flag the loop checks between iterations."""
-
-  def __init__(self):
-    self.caught = None
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGINT, signal.SIGTERM):
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.caught is not None:  # a second Ctrl-C: stop at once
-      raise KeyboardInterrupt
-    self.caught = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-    return False
-
-
 def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: int, end: int,
                log_every: int, save_every: int, sample_every: int = 0,
                on_sample: Optional[Callable[[int, Any], None]] = None,
@@ -271,7 +239,7 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
       fix = "lower --lr or check the inputs" if bad else "see the README's collapse watch"
       raise UserError(f"iteration {i}: {reason}; the run stopped and {where}; {fix}")
 
-  with _Signals() as signals:
+  with interrupts.cooperative() as signals:
     try:
       for i, batch in batches:
         profiler.before(i, state)
@@ -295,11 +263,14 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
         if save:
           run.save(i + 1, state)
           saved = i + 1
+          interrupts.set_note(f"the latest complete checkpoint in {run.ckpt.directory} resumes "
+                              "the run")
         if signals.caught:
           done = i + 1
-          if saved != done:
-            run.save(done, state)
-          run.ckpt.wait()
+          with interrupts.finishing():
+            if saved != done:
+              run.save(done, state)
+            run.ckpt.wait()
           raise Interrupted(f"stopped by {signals.caught} after iteration {i}; checkpoint "
                             f"{done} in {run.ckpt.directory} resumes the run")
     finally:

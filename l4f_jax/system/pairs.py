@@ -13,7 +13,10 @@ Generation is the costly part (at 1024 px): every global batch of `batch` x devi
 jitted program sharded over all devices of all hosts; each host writes the rows of its devices as
 NumPy chunks into a temporary directory next to `out`; process 0 then writes the tfds array_record
 dataset (`l4f_jax.datasets.pairs`) and renames the temporary directory to `out`. An interrupted run
-leaves no dataset at `out` (only a `.<name>.tmp-*` folder, removed by the next run).
+leaves no dataset at `out`: Ctrl-C removes its staging folder, and the folder a killed run left is
+removed by the next run, which says so (`files.staging_dir`). `--out` may not be, hold or lie inside
+--generator or --alpha; an existing `out` is replaced only with `overwrite` and only when it is an
+earlier make_pairs output.
 
 `max_undecided` < 1 drops samples whose fraction of undecided pixels (0.1 < alpha < 0.9) exceeds
 it: low-confidence labels. The summary (kept / dropped counts) goes to `<out>/pairs.json`.
@@ -33,7 +36,7 @@ import numpy as np
 from l4f_jax.config import option, to_dict
 from l4f_jax.method import inference
 from l4f_jax.models.alpha import AlphaNetwork
-from l4f_jax.system import files, loop, metrics_log, sharding, training, weights
+from l4f_jax.system import files, metrics_log, sharding, training, weights
 from l4f_jax.errors import UserError
 
 SUMMARY = "pairs.json"
@@ -59,33 +62,18 @@ class PairsConfig:
   num_devices: int = option(0, "Use only the first N devices (0 = all).", ge=0)
 
 
-def _check_out(cfg: PairsConfig) -> str:
-  out = os.path.abspath(cfg.out)
-  if os.path.lexists(out):
-    if not cfg.overwrite:
-      raise UserError(f"--out={cfg.out} already exists; choose a new directory or pass --overwrite")
-    if not os.path.isdir(out) or (os.listdir(out) and
-                                  not os.path.exists(os.path.join(out, SUMMARY))):
-      raise UserError(f"--out={cfg.out} exists and is not a pairs dataset; refusing to replace it")
-  loop.check_writable_dir(out, "--out")
-  return out
-
-
 def make_pairs(cfg: PairsConfig) -> dict:
   """Generates the dataset (module docstring); returns the summary written to pairs.json."""
-  out = _check_out(cfg)
+  out = files.check_output_dir(cfg.out, cfg.overwrite, program="make_pairs", summary=SUMMARY,
+                               owned=("data",), inputs=[("--generator", cfg.generator),
+                                                        ("--alpha", cfg.alpha)])
   gen = weights.load_generator(cfg.generator)
   alpha_params = weights.load_alpha(cfg.alpha, gen)
   mesh = sharding.make_mesh(cfg.num_devices or None)
   global_batch = cfg.batch * mesh.devices.size
   rows = slice(jax.process_index() * global_batch // jax.process_count(),
                (jax.process_index() + 1) * global_batch // jax.process_count())
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  if jax.process_index() == 0:
-    for old in glob.glob(os.path.join(parent, f".{os.path.basename(out)}.tmp-*")):
-      shutil.rmtree(old, ignore_errors=True)  # what an interrupted earlier run left
-  tmp = _shared_tmpdir(parent, os.path.basename(out))
+  tmp = _shared_tmpdir(out)
   try:
     _generate(cfg, gen, alpha_params, mesh, global_batch, rows, os.path.join(tmp, "parts"))
     if jax.process_count() > 1:
@@ -99,12 +87,13 @@ def make_pairs(cfg: PairsConfig) -> dict:
     return summary
   finally:
     if jax.process_index() == 0 and os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
+      files.remove_staging(tmp)
 
 
-def _shared_tmpdir(parent: str, name: str) -> str:
-  """A temporary directory next to `out`, the same on every process (process 0 names it)."""
-  path = files.staging_dir(os.path.join(parent, name)) if jax.process_index() == 0 else ""
+def _shared_tmpdir(out: str) -> str:
+  """A staging folder next to `out`, the same on every process (process 0 makes it; a folder that
+  a killed earlier run left is removed, `files.staging_dir`)."""
+  path = files.staging_dir(out, program="make_pairs") if jax.process_index() == 0 else ""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     data = np.frombuffer(path.encode().ljust(4096, b"\0"), np.uint8)

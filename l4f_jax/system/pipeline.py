@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from l4f_jax.config import nested, option, to_dict
+from l4f_jax.errors import UserError
 from l4f_jax.method import evaluation
 from l4f_jax.system import augment, image_io, images, metrics_log, pairs, segment
 from l4f_jax.system import train_labels4free, train_student
@@ -101,8 +102,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
   timing = {}
   t0 = time.perf_counter()
   # The real test split first: cheap, and a bad --real_test fails before any training.
-  real = (ensure_real_test_split(cfg.real_test, size=_generator_size(l4f), n=cfg.real_test_n)
-          if cfg.real_test else None)
+  try:
+    real = (ensure_real_test_split(cfg.real_test, size=_generator_size(l4f), n=cfg.real_test_n)
+            if cfg.real_test else None)
+  except UserError as e:
+    raise UserError(f"--real_test: {e} (or --real_test= to skip the real test split)") from None
   timing["real_test_split_s"] = round(time.perf_counter() - t0, 1)
 
   t = time.perf_counter()

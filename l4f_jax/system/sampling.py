@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 from typing import Optional
 
 import jax
@@ -81,6 +80,7 @@ def check_out(out: str, overwrite: bool) -> str:
 def sample(cfg: SampleConfig) -> list[str]:
   """Writes the sample pictures of `cfg` into `cfg.out`; returns the paths written."""
   out = check_out(cfg.out, cfg.overwrite)
+  files.check_disjoint(out, [("--generator", cfg.generator), ("--alpha", cfg.alpha)])
   gen = weights.load_generator(cfg.generator)
   alpha_net, a_params = None, None
   if cfg.alpha:
@@ -99,14 +99,15 @@ def sample(cfg: SampleConfig) -> list[str]:
                                 truncation=cfg.truncation, threshold=cfg.threshold,
                                 independent_bg=alpha_net is not None,
                                 background_mode=cfg.background_mode)
-  tmp = files.staging_dir(out)
-  try:
-    names = _write(tmp, outs, cfg, alpha_net is not None)
+  bad = [k for k, v in outs.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+         and not np.all(np.isfinite(v))]
+  if bad:
+    raise UserError(f"--generator={cfg.generator}: the samples are not finite ({', '.join(bad)}); "
+                    "nothing was written")
+  with files.staged(out, program="sample") as st:
+    names = _write(st.path, outs, cfg, alpha_net is not None)
     check_out(out, cfg.overwrite)  # again: something may have appeared there meanwhile
-    files.replace_dir(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    st.commit()
   return [os.path.join(out, name) for name in names]
 
 

@@ -14,16 +14,22 @@ resized to the segmenter's size, segmented, and the soft mask resized back to th
   <out>/contact_sheet.png   image / soft mask / cut-out of the first inputs
   <out>/segment.json        counts, the skipped files and why, the settings
 
-Batches run as one jitted program sharded over all local devices. Unreadable files are skipped,
-named, and counted. The outputs are written into a temporary directory next to `out`, renamed into
-place at the end; an existing non-empty `out` is refused unless `overwrite`.
+Batches run as one jitted program sharded over all local devices; a batch is also cut short once
+its inputs hold `image_io.PIXEL_BUDGET` pixels, and the contact sheet keeps thumbnails, so memory does not
+grow with the photos' size or number. Unreadable files, and images over --max_pixels, are skipped,
+named, and counted. A non-finite prediction stops the run with one line.
+
+The outputs are written into a staging folder next to `out` and renamed into place at the end
+(`files.staged`). `--out` may not be, hold or lie inside an input; an existing `out` is replaced
+only with `overwrite` and only when it is an earlier segment output. A run that was killed or
+interrupted leaves its staging folder with a journal of the inputs done: the same command (same
+inputs, segmenter and settings) resumes from it; another command removes it.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-import shutil
 from typing import Optional
 
 import jax
@@ -31,11 +37,12 @@ import numpy as np
 
 from l4f_jax.config import option
 from l4f_jax.method import student as student_lib
-from l4f_jax.system import files, image_io, metrics_log, sharding
+from l4f_jax.system import files, image_io, metrics_log, sharding, weights
 from l4f_jax.errors import UserError
 from l4f_jax.system.train_student import Segmenter, load_segmenter
 
 SUMMARY = "segment.json"
+OUTPUTS = ("masks", "alpha", "cutout", "contact_sheet.png", SUMMARY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +58,8 @@ class SegmentConfig:
                                       "export's).", ge=0, le=1)
   batch: int = option(16, "Images per device per step.", ge=1)
   sheet_items: int = option(64, "Inputs shown on the contact sheet (0 = none).", ge=0)
+  max_pixels: int = option(image_io.MAX_PIXELS, "Larger images are skipped (named in "
+                           "segment.json) before they are decoded.", ge=1)
 
 
 def predictor(seg: Segmenter, mesh):
@@ -75,9 +84,18 @@ def predict_arrays(seg: Segmenter, images: np.ndarray, batch: int = 16, mesh=Non
   return np.concatenate(out)
 
 
+def _resumed_cells(tmp: str, path: str, stem: str, max_pixels: int):
+  """Contact-sheet cells of an input a killed run already segmented (from its staged alpha)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(os.path.join(tmp, "alpha", f"{stem}.png")) as a:
+    alpha = np.asarray(a, np.float32) / 255.0
+  return image_io.contact_sheet_cells(image_io.read_rgb(path, max_pixels), alpha)
+
+
 def segment(cfg: SegmentConfig) -> dict:
   """Segments every input (module docstring); returns the summary written to segment.json."""
-  out = files.check_output_dir(cfg.out, cfg.overwrite)
+  out = files.check_output_dir(cfg.out, cfg.overwrite, program="segment", summary=SUMMARY,
+                               owned=OUTPUTS, inputs=image_io.input_roots(cfg.images))
   paths = image_io.list_inputs(cfg.images)
   if not paths:
     raise UserError(f"--images={cfg.images}: no images found")
@@ -88,46 +106,54 @@ def segment(cfg: SegmentConfig) -> dict:
   mesh = sharding.make_mesh(len(jax.local_devices()))
   step = cfg.batch * mesh.devices.size
   run = predictor(seg, mesh)
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = files.staging_dir(out)
-  skipped, sheet, done = [], [], 0
+  settings = {"segmenter": weights.fingerprint(seg.params), "threshold": threshold,
+              "max_pixels": cfg.max_pixels, "inputs": image_io.input_signature(paths, stems)}
+  skipped, cells, done = [], {}, 0
   progress = metrics_log.Progress(0, len(paths))
-  try:
-    for s in range(0, len(paths), step):
-      chunk, rgbs = [], []
-      for path, stem in zip(paths[s:s + step], stems[s:s + step]):
-        try:
-          rgb = image_io.read_rgb(path)
-        except image_io.UnreadableImage as e:
-          skipped.append({"file": path, "reason": str(e)})
-          metrics_log.log_console(f"skipped {e}")
-          continue
-        chunk.append(stem)
-        rgbs.append(rgb)
-      if not rgbs:
+  with files.staged(out, program="segment", settings=settings, resumable=True) as st:
+    tmp = st.path
+    finished = {e["file"]: e for e in st.journal}
+    for k, path in enumerate(paths):
+      e = finished.get(os.path.abspath(path))
+      if e is None:
         continue
-      x = np.stack([image_io.to_model_input(r, seg.size) for r in rgbs])
+      if "skipped" in e:
+        skipped.append({"file": path, "reason": e["skipped"]})
+      else:
+        done += 1
+        if k < cfg.sheet_items:
+          cells[k] = _resumed_cells(tmp, path, stems[k], cfg.max_pixels)
+    todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
+            if os.path.abspath(p) not in finished]
+    for chunk in image_io.read_batches(todo, step, cfg.max_pixels, skipped):
+      x = np.stack([image_io.to_model_input(c[3], seg.size) for c in chunk])
       x = np.concatenate([x, np.zeros((step - len(x),) + x.shape[1:], x.dtype)])
-      alpha = run(x)[:len(rgbs), ..., 0]
-      for stem, rgb, a in zip(chunk, rgbs, alpha):
+      alpha = run(x)[:len(chunk), ..., 0]
+      if not np.all(np.isfinite(alpha)):
+        raise UserError(f"--segmenter={cfg.segmenter} predicted non-finite masks (for "
+                        f"{chunk[0][1]}); retrain it, nothing was written")
+      for (k, path, stem, rgb), a in zip(chunk, alpha):
         a_hw = image_io.alpha_to_original(a, rgb.shape[:2])
         image_io.write_segmentation(tmp, stem, rgb, a_hw, threshold)
-        if len(sheet) < cfg.sheet_items:
-          sheet.append((rgb, a_hw))
-      done += len(rgbs)
-      metrics_log.log_console(f"segment: {progress.line(min(s + step, len(paths)))}")
+        if k < cfg.sheet_items:
+          cells[k] = image_io.contact_sheet_cells(rgb, a_hw)
+      entries = [{"file": os.path.abspath(c[1])} for c in chunk] + [
+          {"file": os.path.abspath(x["file"]), "skipped": x["reason"]} for x in skipped
+          if os.path.abspath(x["file"]) not in finished]
+      st.record(entries)
+      finished.update({e["file"]: e for e in entries})
+      done += len(chunk)
+      metrics_log.log_console(f"segment: {progress.line(done + len(skipped))}")
     if done == 0:
       raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
                       f"(e.g. {skipped[0]['reason']}); nothing was written")
-    if sheet:
-      image_io.save_contact_sheet(os.path.join(tmp, "contact_sheet.png"), sheet)
+    if cells:
+      image_io.save_contact_sheet(os.path.join(tmp, "contact_sheet.png"),
+                                  [cells[k] for k in sorted(cells)])
+    skipped.sort(key=lambda x: paths.index(x["file"]) if x["file"] in paths else len(paths))
     summary = {"segmented": done, "skipped": len(skipped), "skipped_files": skipped,
                "threshold": threshold, "segmenter": os.path.abspath(cfg.segmenter),
                "size": seg.size, "images": cfg.images}
     metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    files.replace_dir(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    st.commit()
   return summary

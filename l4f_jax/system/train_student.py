@@ -30,6 +30,8 @@ from l4f_jax.system import augment, data as data_lib, images, loop, sharding, tr
 from l4f_jax.errors import UserError
 
 KIND = "student_segmenter"
+SEGMENTER_HINT = ("train one with python -m experiments.train_student (or experiments.pipeline, "
+                  "which writes workspace/runs/shapes/segmenter)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +87,14 @@ def train_and_evaluate(cfg: StudentConfig) -> dict:
                     "directory")
   mesh = sharding.make_mesh(cfg.num_devices)
   global_batch = cfg.batch * mesh.devices.size
+  if not os.path.isdir(cfg.pairs):
+    raise UserError(f"--pairs={cfg.pairs}: no such directory; make the pairs with python -m "
+                    f"experiments.make_pairs --out={cfg.pairs}")
   try:
     source, size = data_lib.open_dataset(cfg.pairs)
   except (FileNotFoundError, ValueError) as e:
-    raise UserError(str(e).replace("--dataset=", "--pairs=")) from None
+    raise UserError(str(e).replace("--dataset=", "--pairs=").replace(
+        data_lib.PREPARE_HINT, "python -m experiments.make_pairs")) from None
   if "alpha" not in source[0]:
     raise UserError(f"--pairs={cfg.pairs} holds no 'alpha' masks; make it with python -m "
                     "experiments.make_pairs")
@@ -191,9 +197,9 @@ class Segmenter:
 
 def load_segmenter(path: str, flag: str = "--segmenter") -> Segmenter:
   try:
-    config, trees = weights.load_weights(path)
+    config, trees = weights.load_weights(path, SEGMENTER_HINT)
   except UserError as e:
-    raise UserError(f"{flag}={path}: {e}") from None
+    raise UserError(f"{flag}={path}: {e}", detail=e.detail) from None
   if config.get("kind") != KIND or "segmenter" not in trees:
     raise UserError(f"{flag}={path} is not a segmenter export (kind {config.get('kind')!r}); "
                     "train one with python -m experiments.train_student")

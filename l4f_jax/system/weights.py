@@ -17,6 +17,10 @@ generator shipped with the project and alpha-only exports from training. Trees a
 (NumPy) arrays, so a directory written by a process with any number of devices restores in any
 other: the restore target is built from the stored metadata and placed on the first local device.
 
+Non-finite weights are refused both ways: `save_weights` will not write a tree holding NaN or
+infinity, and `load_weights` checks every floating array once per load (a fraction of one forward
+pass), so a diverged export or a damaged directory of an older format never turns into empty masks.
+
 Damage is detected before any array is used: `load_weights` checks every file under state/ against
 'state_sha256' (a truncated, bit-flipped, missing or replaced file is refused with one line naming
 it; Orbax itself would read many such files as silently different weights), and any error of the
@@ -55,6 +59,7 @@ MODEL_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base"
 CHECKSUMS = "state_sha256"
 CONVERT_HINT = ("convert a PyTorch checkpoint first: "
                 "python -m experiments.convert --src=<file.pt> --dst=<dir>")
+ALPHA_HINT = "train one with python -m experiments.train (its <workdir>/alpha export)"
 
 
 WeightsError = UserError  # weight-file errors are ordinary one-line user errors
@@ -163,7 +168,7 @@ def _state_digests(state: str) -> dict:
   return out
 
 
-def _verify_state(path: str, state: str, recorded) -> None:
+def _verify_state(path: str, state: str, recorded, hint: str = CONVERT_HINT) -> None:
   """Refuses a state directory whose files differ from the digests recorded at save time."""
   if not isinstance(recorded, dict):
     raise WeightsError(f"{path}/{CONFIG_FILE}: '{CHECKSUMS}' is malformed; convert the "
@@ -172,11 +177,11 @@ def _verify_state(path: str, state: str, recorded) -> None:
   for rel, digest in sorted(recorded.items()):
     if rel not in found:
       raise WeightsError(f"{path} is incomplete: {STATE_DIR}/{rel} is missing; copy the whole "
-                         f"directory again or {CONVERT_HINT}")
+                         f"directory again or {hint}")
     if found[rel] != digest:
       raise WeightsError(f"{path} is damaged: {STATE_DIR}/{rel} differs from the file that was "
                          f"written (truncated, bit-flipped or replaced); copy the directory again "
-                         f"or {CONVERT_HINT}")
+                         f"or {hint}")
 
 
 def _check_trees(trees: dict) -> None:
@@ -187,6 +192,21 @@ def _check_trees(trees: dict) -> None:
     raise WeightsError(f"unknown tree name(s) {unknown}; allowed: {list(TREE_NAMES)}")
 
 
+def nonfinite_leaves(trees) -> list[str]:
+  """Paths ('g_ema/convs_0/conv/weight') of the floating arrays that hold NaN or infinity."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(trees)[0]:
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+      bad.append("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
+  return bad
+
+
+def _describe_nonfinite(bad: list[str]) -> str:
+  more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
+  return f"{', '.join(bad[:2])}{more}"
+
+
 def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -> str:
   """Writes `trees` and `config` to the weight directory `dst` atomically; returns its path.
 
@@ -195,13 +215,17 @@ def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -
   empty directory or an existing weight directory is replaced.
   """
   _check_trees(trees)
+  bad = nonfinite_leaves(trees)
+  if bad:
+    raise WeightsError(f"refusing to write {dst}: non-finite weights in "
+                       f"{_describe_nonfinite(bad)} (NaN or infinity)")
   dst = os.path.abspath(dst)
   if os.path.lexists(dst):
     if not overwrite:
       raise WeightsError(f"{dst} already exists; choose a new destination or pass --overwrite")
     if not os.path.isdir(dst) or (os.listdir(dst) and not is_weight_dir(dst)):
       raise WeightsError(f"{dst} exists and is not a weight directory; refusing to overwrite it")
-  tmp = files.staging_dir(dst)
+  tmp = files.staging_dir(dst, program="save_weights")
   try:
     host = jax.tree.map(np.asarray, dict(trees))
     with _held_stderr(), _quiet_orbax():
@@ -223,6 +247,7 @@ def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -
       f.write("\n")
     files.replace_dir(tmp, dst)
   except BaseException:
+    files.remove_staging(tmp)
     _remove_tree(tmp)
     raise
   return dst
@@ -243,38 +268,39 @@ def _remove_tree(path: str, patience: float = 3.0) -> None:
     time.sleep(0.05)
 
 
-def read_config(path: str) -> dict:
+def read_config(path: str, hint: str = CONVERT_HINT) -> dict:
   """Reads and checks `<path>/config.json`; raises WeightsError with a one-line message."""
   if not os.path.exists(path):
-    raise WeightsError(f"weight directory {path} does not exist; {CONVERT_HINT}")
+    raise WeightsError(f"weight directory {path} does not exist; {hint}")
   if not os.path.isdir(path):
-    raise WeightsError(f"{path} is a file, not a converted-weight directory; {CONVERT_HINT}")
+    raise WeightsError(f"{path} is a file, not a converted-weight directory; {hint}")
   cfg_path = os.path.join(path, CONFIG_FILE)
   try:
     with open(cfg_path) as f:
       cfg = json.load(f)
   except FileNotFoundError:
     raise WeightsError(f"{path} is not a converted-weight directory (no {CONFIG_FILE}); "
-                       f"{CONVERT_HINT}") from None
+                       f"{hint}") from None
   except (OSError, ValueError) as e:
-    raise WeightsError(f"{cfg_path} is unreadable ({e}); {CONVERT_HINT}") from None
+    raise WeightsError(f"{cfg_path} is unreadable ({e}); {hint}") from None
   if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
     raise WeightsError(f"{cfg_path} is not an l4f_jax weight config (format != {FORMAT!r}); "
-                       f"{CONVERT_HINT}")
+                       f"{hint}")
   if cfg.get("version") != VERSION:
     raise WeightsError(f"{cfg_path} has format version {cfg.get('version')}, this code reads "
                        f"{VERSION}; convert the checkpoint again")
   return cfg
 
 
-def load_weights(path: str) -> tuple[dict, dict]:
-  """Reads a weight directory -> (config, trees); arrays land on the first local device."""
-  cfg = read_config(path)
+def load_weights(path: str, hint: str = CONVERT_HINT) -> tuple[dict, dict]:
+  """Reads a weight directory -> (config, trees); arrays land on the first local device. `hint`:
+  how to make the missing or damaged directory (what the error lines say to do)."""
+  cfg = read_config(path, hint)
   state = os.path.abspath(os.path.join(path, STATE_DIR))
   if not os.path.isdir(state):
-    raise WeightsError(f"{path} has no {STATE_DIR}/ checkpoint (incomplete copy?); {CONVERT_HINT}")
+    raise WeightsError(f"{path} has no {STATE_DIR}/ checkpoint (incomplete copy?); {hint}")
   if CHECKSUMS in cfg:
-    _verify_state(path, state, cfg[CHECKSUMS])
+    _verify_state(path, state, cfg[CHECKSUMS], hint)
   with _quiet_orbax():
     ckptr = ocp.StandardCheckpointer()
   try:
@@ -291,15 +317,20 @@ def load_weights(path: str) -> tuple[dict, dict]:
         # Orbax / TensorStore report damaged files as bare Exception, ValueError ('DATA_LOSS:
         # ...'), OSError, KeyError, ...: any failure of the restore means the directory cannot
         # be read.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"cannot restore {state}: {first[:300]}; copy the directory again "
-                           f"or {CONVERT_HINT}") from None
+        detail = str(e).strip() or type(e).__name__
+        raise WeightsError(f"cannot restore {state} (damaged or incomplete; --verbose shows "
+                           "why); copy the directory again or convert it again",
+                           detail=detail) from None
   finally:
     with _quiet_orbax():
       ckptr.close()
   if sorted(trees) != sorted(cfg.get("contents", [])):
     raise WeightsError(f"{path}: stored trees {sorted(trees)} do not match config 'contents' "
                        f"{cfg.get('contents')}; convert the checkpoint again")
+  bad = nonfinite_leaves(trees)
+  if bad:
+    raise WeightsError(f"{path} holds non-finite weights ({_describe_nonfinite(bad)}); it came "
+                       "from a diverged run or is damaged: retrain or convert it again")
   return cfg, dict(trees)
 
 
@@ -399,7 +430,7 @@ def load_generator(path: str, flag: str = "--generator", **overrides) -> LoadedG
     params = generator_params(trees, path)
     module = generator_from_config(config, **overrides)
   except WeightsError as e:
-    raise WeightsError(f"{flag}={path}: {e}") from None
+    raise WeightsError(f"{flag}={path}: {e}", detail=e.detail) from None
   return LoadedGenerator(path=path, config=config, module=module, params=params, trees=trees,
                          fingerprint=fingerprint(params))
 
@@ -412,9 +443,9 @@ def load_alpha(path: str, gen: LoadedGenerator, flag: str = "--alpha"):
     config, trees = gen.config, gen.trees
   else:
     try:
-      config, trees = load_weights(path)
+      config, trees = load_weights(path, ALPHA_HINT)
     except WeightsError as e:
-      raise WeightsError(f"{flag}={path}: {e}") from None
+      raise WeightsError(f"{flag}={path}: {e}", detail=e.detail) from None
   if "alpha" not in trees:
     raise WeightsError(f"{flag}={path} holds no alpha network (it has {sorted(trees)}); pass a "
                        "training run's alpha/ export")
