@@ -65,7 +65,7 @@ def fail(prog: str, message: str, code: int = 2, detail: Optional[str] = None):
 _ENVIRONMENT_ERRNOS = {
     errno.ENOSPC: ("the disk is full", "free space or choose a destination on another disk"),
     errno.EDQUOT: ("the disk quota is exceeded", "free space or choose another destination"),
-    errno.EFBIG: ("the file is too large (file system or `ulimit -f` limit)",
+    errno.EFBIG: ("the file is too large for the file system or ulimit -f",
                   "raise the limit or choose another destination"),
     errno.EROFS: ("the file system is read-only", "choose a writable destination"),
     errno.EACCES: ("permission denied", "fix the permissions or choose another path"),
@@ -120,16 +120,29 @@ def _open_file_in(exc: BaseException) -> Optional[str]:
   return name
 
 
+def _destination(path: str) -> str:
+  """The folder a program was writing when it wrote `path`: a file inside a staging folder
+  (`.<name>.tmp-XXXX`) or a tfds `incomplete.*` folder is shown as that folder's destination."""
+  import re  # pylint: disable=import-outside-toplevel
+  parts = os.fspath(path).split(os.sep)
+  for i, part in enumerate(parts):
+    m = re.fullmatch(r"\.(.+)\.tmp-[^/]+", part)
+    if m:
+      return os.sep.join(parts[:i] + [m.group(1)])
+    if part.startswith("incomplete."):
+      return os.sep.join(parts[:i])
+  return os.fspath(path)
+
+
 def environment_message(e: OSError) -> str:
-  """One line for an environment OSError: what happened, to which file, what to do."""
+  """One line for an environment OSError: what happened, where, what to do."""
   what, fix = _ENVIRONMENT_ERRNOS[e.errno]
   files = [os.fspath(f) for f in (e.filename, e.filename2) if f is not None]
   if not files:
     name = _open_file_in(e)
     files = [name] if name else []
-  where = f" at {' -> '.join(str(f) for f in files)}" if files else ""
-  return (f"{what}{where} ([Errno {e.errno}] {os.strerror(e.errno)}); {fix}, then run the "
-          "command again")
+  where = f" writing {_destination(str(files[0]))}" if files else ""
+  return f"{what}{where} [Errno {e.errno}]; {fix}"
 
 
 def cli_main(prog: str, verbose: Callable[[], bool] = lambda: False):

@@ -8,6 +8,16 @@ Each case runs one CLI as a subprocess (tests/test_layout.py) and asserts
   the case forbids (`absent`) do not exist, and that no temporary files (`.name.tmp-*`,
   `incomplete.*`, `*.tmpPID`) are left in the case's folder.
 
+Faults of the machine run for real, as root too (CI runs as root):
+- read-only destinations (`readonly=True`): a chmod 0555 folder, and, when the tests run as root,
+  the CLI runs without CAP_DAC_OVERRIDE (`setpriv --bounding-set=-dac_override,...`), so the
+  permission bits bind it as they bind any user;
+- a full disk (`disk_kib=K`): a tmpfs of K KiB mounted at {tmp}/full when the tests may mount
+  (root), else `ulimit -f K` (writes beyond K KiB fail with EFBIG); `DISK_FULL` records which;
+- no PyTorch (`no_torch=True`): a `torch` package that fails to import comes first on PYTHONPATH.
+Every error line must fit in errors.MAX_LINE characters once the case's folders are shown as
+16-character paths (a user's paths are the user's; the rest of the line is ours).
+
 Almost every case fails in its validation phase, before any jit compile, so one case costs about
 one absl + jax import. All selected cases are started together by one module fixture and run
 three at a time; each test then checks its own case. The world is made in-process once: the
@@ -31,15 +41,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from l4f_jax.errors import MAX_LINE
 from tests.tiny_world import ROOT, cli_env
 
 ASSET = os.path.join(ROOT, "experiments", "assets", "shapes64")
 MASKS = os.path.join(ROOT, "tests", "data", "l4f_custom_masks")
 WORKERS = 3
 TIMEOUT = 420
-ROOT_NOTE = ("running as root: a chmod 0o555 directory is writable (os.access says so and writes "
-             "succeed), so there is nothing to refuse")
-
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+          "--inh-caps=-dac_override,-dac_read_search"]
+DISK_FULL = {}  # case name -> "tmpfs" or "ulimit -f"
 
 # ------------------------------------------------------------------------------------------------
 # The world (in-process, once per module)
@@ -119,13 +130,11 @@ def _damaged(kind: str, src_key: str = "gen"):
 
 
 def _readonly_dir(rel: str):
+  """A 0555 folder (the case runs with readonly=True, so that it binds root too)."""
   def setup(tmp, w):
     d = os.path.join(tmp, rel)
     os.makedirs(d)
     os.chmod(d, 0o555)
-    if os.access(d, os.W_OK):
-      os.chmod(d, 0o755)
-      return ROOT_NOTE
   return setup
 
 
@@ -242,6 +251,58 @@ def _torch_file(rel: str, truncate: bool):
   return setup
 
 
+def _weights_with(src_key: str, dst: str, fn):
+  """A copy of a world weight directory whose trees are mapped by `fn` (e.g. NaN or huge values),
+  written as a writer without the finiteness check would (an older version, another tool)."""
+  def setup(tmp, w):
+    from unittest import mock
+    from l4f_jax.system import weights
+    config, trees = weights.load_weights(w[src_key])
+    config = {k: v for k, v in config.items() if k not in ("format", "version", "contents",
+                                                           weights.CHECKSUMS)}
+    import jax
+    trees = jax.tree.map(lambda x: fn(np.asarray(x)), trees)
+    with mock.patch.object(weights, "nonfinite_leaves", lambda t: []):
+      weights.save_weights(os.path.join(tmp, dst), config, trees)
+  return setup
+
+
+_NAN = lambda x: np.full_like(x, np.nan) if np.issubdtype(x.dtype, np.floating) else x
+
+
+def _nan_rosinality_file(rel: str):
+  """A tiny rosinality checkpoint whose first conv weight of g_ema holds a NaN."""
+  def setup(tmp, w):
+    torch = pytest.importorskip("torch")
+    _rosinality_file(rel)(tmp, w)
+    path = os.path.join(tmp, rel)
+    ckpt = torch.load(path, weights_only=True)
+    key = next(k for k in ckpt["g_ema"] if k.endswith("conv.weight"))
+    ckpt["g_ema"][key].view(-1)[0] = float("nan")
+    torch.save(ckpt, path)
+  return setup
+
+
+def _symlink_loop(rel: str):
+  """<tmp>/<rel> holding one image and `loop -> .`."""
+  def setup(tmp, w):
+    _images(rel, ("rgb",))(tmp, w)
+    os.symlink(".", os.path.join(tmp, rel, "loop"))
+  return setup
+
+
+def _real_test_split(rel: str, size: int):
+  def setup(tmp, w):
+    from l4f_jax.datasets.shapes import export_real_test_split
+    export_real_test_split(os.path.join(tmp, rel), size=size, n=2)
+  return setup
+
+
+def _check_symlink_loop(o):
+  names = sorted(_dataset_pixels(o.tmp, "data", "loop"))
+  assert names == ["0_rgb.png"], names  # the loop is walked once
+
+
 # ------------------------------------------------------------------------------------------------
 # Checks of the cases that must succeed
 
@@ -298,6 +359,9 @@ class Case:
   setup: Optional[Callable] = None
   check: Optional[Callable] = None
   fsize_kib: int = 0        # `ulimit -f`: writes beyond it fail with EFBIG (a full disk)
+  disk_kib: int = 0         # {tmp}/full holds this many KiB (tmpfs, else ulimit -f)
+  readonly: bool = False    # run without CAP_DAC_OVERRIDE when root
+  no_torch: bool = False    # torch fails to import
   xfail: str = ""           # reason, for cases that wait for a fix outside this module's reach
 
 
@@ -335,7 +399,7 @@ CASES = {
                                     says=("--workdir=", "is a file"), setup=_file("run"),
                                     keep=("{tmp}/run",)),
     "train_workdir_read_only": Case("train", TRAIN + ("--workdir={tmp}/ro/run",),
-                                    says=("not writable",), setup=_readonly_dir("ro"),
+                                    says=("not writable",), setup=_readonly_dir("ro"), readonly=True,
                                     keep=("{tmp}/ro",)),
     "train_generator_truncated": Case(
         "train", ("--generator={tmp}/bad",) + TRAIN[1:] + ("--workdir={tmp}/run",),
@@ -454,7 +518,7 @@ CASES = {
         "sample", GEN + ("--out={tmp}/out",), says=("--out=", "already holds", "--overwrite"),
         setup=_file("out/images.png", b"an earlier grid"), keep=("{tmp}/out",)),
     "sample_out_read_only": Case("sample", GEN + ("--out={tmp}/ro/out",),
-                                 says=("not writable",), setup=_readonly_dir("ro"),
+                                 says=("not writable",), setup=_readonly_dir("ro"), readonly=True,
                                  keep=("{tmp}/ro",)),
     "sample_generator_bit_flipped": Case(
         "sample", ("--generator={tmp}/bad", "--out={tmp}/out"), says=("is damaged",),
@@ -501,7 +565,7 @@ CASES = {
                                    says=("--out=", "is a file"), setup=_file("out"),
                                    keep=("{tmp}/out",)),
     "evaluate_disk_full_writing_metrics": Case(
-        "evaluate", ("--masks={masks}", "--out={tmp}/out"), says=("too large", "metrics.json"),
+        "evaluate", ("--masks={masks}", "--out={tmp}/out"), says=("too large", "writing"),
         fsize_kib=1, absent=("{tmp}/out/metrics.json",)),
     # -------------------------------------------------------------- benchmark
     "benchmark_unknown_benchmark": Case("benchmark", ("--what=everything",),
@@ -517,12 +581,12 @@ CASES = {
     # -------------------------------------------------------------- make_pairs
     "make_pairs_out_is_another_dataset": Case(
         "make_pairs", GEN + ("--alpha={alpha_other}", "--out={tmp}/out", "--overwrite"),
-        says=("not a pairs dataset",), setup=_file("out/notes.txt", b"mine"),
-        keep=("{tmp}/out",)),
+        says=("holds files that make_pairs did not write", "notes.txt"),
+        setup=_file("out/notes.txt", b"mine"), keep=("{tmp}/out",)),
     "make_pairs_out_exists": Case(
         "make_pairs", GEN + ("--alpha={alpha_other}", "--out={tmp}/out"),
-        says=("already exists", "--overwrite"), setup=_file("out/pairs.json", b"{}"),
-        keep=("{tmp}/out",)),
+        says=("holds an earlier make_pairs output", "--overwrite"),
+        setup=_file("out/pairs.json", b"{}"), keep=("{tmp}/out",)),
     "make_pairs_alpha_of_another_generator": Case(
         "make_pairs", GEN + ("--alpha={alpha_other}", "--out={tmp}/out"),
         says=("--alpha=", "other weights"), absent=("{tmp}/out",)),
@@ -535,7 +599,8 @@ CASES = {
         keep=("{tmp}/bad",), absent=("{tmp}/out",)),
     # -------------------------------------------------------------- train_student
     "train_student_pairs_missing": Case(
-        "train_student", ("--pairs={tmp}/nope", "--workdir={tmp}/run"), says=("--pairs=",),
+        "train_student", ("--pairs={tmp}/nope", "--workdir={tmp}/run"),
+        says=("--pairs=", "experiments.make_pairs"),
         absent=("{tmp}/run",)),
     "train_student_pairs_without_alpha": Case(
         "train_student", ("--pairs={data64}", "--workdir={tmp}/run"),
@@ -553,8 +618,8 @@ CASES = {
         keep=("{tmp}/w",)),
     # -------------------------------------------------------------- segment
     "segment_out_not_empty": Case(
-        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out"),
-        says=("--out=", "not empty", "--overwrite"),
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out", "--overwrite"),
+        says=("--out=", "holds files that segment did not write", "keep.txt"),
         setup=_both(_images("imgs", ("rgb",)), _file("out/keep.txt", b"mine")),
         keep=("{tmp}/out",)),
     "segment_segmenter_is_a_generator": Case(
@@ -588,17 +653,138 @@ CASES = {
         setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
     "invert_out_not_empty": Case(
         "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
-                   "--out={tmp}/out"), says=("--out=", "not empty", "--overwrite"),
+                   "--out={tmp}/out", "--overwrite"),
+        says=("--out=", "holds files that invert did not write", "keep.txt"),
         setup=_both(_images("imgs", ("rgb",)), _file("out/keep.txt", b"mine")),
         keep=("{tmp}/out",)),
     "edit_out_not_empty": Case(
         "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
-                 "--out={tmp}/out"), says=("--out=", "not empty", "--overwrite"),
+                 "--out={tmp}/out"), says=("--out=", "holds files that edit did not write"),
         setup=_file("out/keep.txt", b"mine"), keep=("{tmp}/out",)),
     "edit_strength_nan": Case(
         "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
                  "--out={tmp}/out", "--strength=nan"),
         says=("--strength=nan must be a finite number",), absent=("{tmp}/out",)),
+    # -------------------------------------------------------------- outputs never touch inputs
+    "segment_out_is_the_images_folder": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/imgs", "--overwrite"),
+        says=("--out=", "is also the input --images"), setup=_images("imgs", ("rgb", "rgb")),
+        keep=("{tmp}/imgs",)),
+    "segment_out_inside_the_images_folder": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/imgs/out"),
+        says=("lies inside the input --images",), setup=_images("imgs", ("rgb",)),
+        keep=("{tmp}/imgs",)),
+    "segment_out_holds_the_images": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/out/masks", "--out={tmp}/out",
+                    "--overwrite"), says=("holds the input --images",),
+        setup=_both(_images("out/masks", ("rgb",)), _file("out/segment.json", b"{}")),
+        keep=("{tmp}/out",)),
+    "invert_out_is_the_images_folder": Case(
+        "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
+                   "--out={tmp}/imgs", "--overwrite"), says=("is also the input --images",),
+        setup=_images("imgs", ("rgb",)), keep=("{tmp}/imgs",)),
+    "edit_out_is_the_latents": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--latents={tmp}/inv",
+                 "--out={tmp}/inv", "--overwrite"), says=("is also the input --latents",),
+        setup=_file("inv/latents/a.npy", b"x"), keep=("{tmp}/inv",)),
+    "make_pairs_out_is_the_alpha": Case(
+        "make_pairs", ("--generator={other}", "--alpha={tmp}/a", "--out={tmp}/a", "--overwrite"),
+        says=("is also the input --alpha",), setup=_copy_weights("alpha_other", "a"),
+        keep=("{tmp}/a",)),
+    "sample_out_is_the_generator": Case(
+        "sample", ("--generator={tmp}/g", "--out={tmp}/g", "--overwrite"),
+        says=("is also the input --generator",), setup=_copy_weights("gen", "g"),
+        keep=("{tmp}/g",)),
+    "evaluate_out_is_the_gt_dir": Case(
+        "evaluate", ("--gt_dir={tmp}/gt", "--pred_dir={tmp}/pred", "--out={tmp}/gt", "--overwrite"),
+        says=("is also the input --gt_dir",), setup=_both(_masks("gt"), _masks("pred", seed=1)),
+        keep=("{tmp}/gt", "{tmp}/pred")),
+    "evaluate_out_of_the_user_with_overwrite": Case(
+        "evaluate", ("--masks={masks}", "--out={tmp}/out", "--overwrite"),
+        says=("holds files that evaluate did not write", "keep.txt"),
+        setup=_file("out/keep.txt", b"mine"), keep=("{tmp}/out",)),
+    "convert_dst_holds_the_src": Case(
+        "convert", ("--src={tmp}/w/model.pt", "--dst={tmp}/w", "--overwrite"),
+        says=("holds the input --src",), setup=_file("w/model.pt", b"x"), keep=("{tmp}/w",)),
+    "train_workdir_holds_the_generator": Case(
+        "train", ("--generator={tmp}/run/g",) + TRAIN[1:] + ("--workdir={tmp}/run", "--overwrite"),
+        says=("holds the input --generator",), setup=_copy_weights("gen", "run/g"),
+        keep=("{tmp}/run",)),
+    "pretrain_gan_export_is_the_dataset": Case(
+        "pretrain_gan", GAN + ("--workdir={tmp}/run", "--export={data64}", "--overwrite"),
+        says=("--export=", "is also the input --dataset"), keep=("{data64}",),
+        absent=("{tmp}/run",)),
+    # -------------------------------------------------------------- non-finite weights
+    "segment_segmenter_nan": Case(
+        "segment", ("--segmenter={tmp}/nan", "--images={tmp}/imgs", "--out={tmp}/out"),
+        says=("--segmenter=", "non-finite weights"),
+        setup=_both(_weights_with("seg", "nan", _NAN), _images("imgs", ("rgb",))),
+        absent=("{tmp}/out",)),
+    "segment_segmenter_overflows": Case(
+        "segment", ("--segmenter={tmp}/big", "--images={tmp}/imgs", "--out={tmp}/out"),
+        says=("predicted non-finite masks",),
+        setup=_both(_weights_with("seg", "big", lambda x: x * np.float32(1e10)),
+                    _images("imgs", ("rgb",))), absent=("{tmp}/out",)),
+    "sample_generator_nan": Case(
+        "sample", ("--generator={tmp}/nan", "--out={tmp}/out"),
+        says=("--generator=", "non-finite weights"), setup=_weights_with("other", "nan", _NAN),
+        absent=("{tmp}/out",)),
+    "make_pairs_alpha_nan": Case(
+        "make_pairs", ("--generator={other}", "--alpha={tmp}/nan", "--out={tmp}/out"),
+        says=("--alpha=", "non-finite weights"), setup=_weights_with("alpha_other", "nan", _NAN),
+        absent=("{tmp}/out",)),
+    "convert_nan_tensor": Case(
+        "convert", ("--src={tmp}/model.pt", "--dst={tmp}/w"),
+        says=("non-finite tensors", "g_ema/"), setup=_nan_rosinality_file("model.pt"),
+        keep=("{tmp}/model.pt",), absent=("{tmp}/w",)),
+    # -------------------------------------------------------------- tracebacks and wrong fixes
+    "convert_dst_under_a_file": Case(
+        "convert", ("--src={tmp}/model.pt", "--dst={tmp}/f/w"), says=("--dst=", "is a file"),
+        setup=_both(_rosinality_file("model.pt"), _file("f")), keep=("{tmp}/f",)),
+    "convert_without_torch": Case(
+        "convert", ("--src={tmp}/model.pt", "--dst={tmp}/w"),
+        says=("needs PyTorch", "pip install torch==2.13.0"), no_torch=True,
+        setup=_file("model.pt", b"x"), absent=("{tmp}/w",)),
+    "benchmark_without_torch": Case("benchmark", ("--what=generator",),
+                                    says=("needs PyTorch", "--notorch"), no_torch=True),
+    "segment_segmenter_missing": Case(
+        "segment", ("--segmenter={tmp}/nope", "--images={tmp}/imgs", "--out={tmp}/out"),
+        says=("does not exist", "experiments.train_student"), setup=_images("imgs", ("rgb",)),
+        absent=("{tmp}/out",)),
+    "segment_image_over_the_pixel_limit": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
+                    "--max_pixels=100"), says=("none of the 1 image(s) could be read",),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "prepare_data_symlink_loop": Case(
+        "prepare_data", ("--src={tmp}/src", "--name=loop", "--size=8", "--data_dir={tmp}/data"),
+        code=0, says=("1 images written",), setup=_symlink_loop("src"),
+        check=_check_symlink_loop, keep=("{tmp}/src",)),
+    "pipeline_real_test_of_another_size": Case(
+        "pipeline", PIPE + ("--workdir={tmp}/run",),
+        says=("--real_test", "was built with size 32", "--real_test="),
+        setup=_real_test_split("real", 32), keep=("{tmp}/real",), absent=("{tmp}/run",)),
+    # -------------------------------------------------------------- full disks (tmpfs or ulimit)
+    "segment_disk_full": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/full/out"),
+        disk_kib=16, setup=_images("imgs", ("rgb",) * 4), keep=("{tmp}/imgs",),
+        absent=("{tmp}/full/out",)),
+    "invert_disk_full": Case(
+        "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
+                   "--out={tmp}/full/out", "--steps=2", "--batch=2"),
+        disk_kib=16, setup=_images("imgs", ("rgb",) * 4), keep=("{tmp}/imgs",),
+        absent=("{tmp}/full/out",)),
+    "edit_disk_full": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0,1,2",
+                 "--out={tmp}/full/out"), disk_kib=16, absent=("{tmp}/full/out",)),
+    "make_pairs_disk_full": Case(
+        "make_pairs", ("--generator={other}", "--alpha={alpha_other}", "--out={tmp}/full/out",
+                       "--n=8", "--batch=4"), disk_kib=16, absent=("{tmp}/full/out",)),
+    "train_checkpoint_disk_full": Case(
+        "train", TRAIN + ("--workdir={tmp}/full/run",), disk_kib=64,
+        absent=("{tmp}/full/run/checkpoints/3",)),
+    "pretrain_gan_export_disk_full": Case(
+        "pretrain_gan", GAN + ("--workdir={tmp}/run", "--export={tmp}/full/w"), disk_kib=16,
+        absent=("{tmp}/full/w",)),
     # -------------------------------------------------------------- pipeline
     "pipeline_student_lr_nan": Case("pipeline", PIPE + ("--workdir={tmp}/run",
                                                         "--student_lr=nan"),
@@ -655,19 +841,48 @@ class Outcome:
   result: Optional[subprocess.CompletedProcess] = None
   before: dict = dataclasses.field(default_factory=dict)
   after: dict = dataclasses.field(default_factory=dict)
+  leftovers: Optional[list] = None
 
 
-def _command(case: Case, paths: dict) -> list[str]:
+def _limit_disk(name: str, tmp: str, kib: int) -> int:
+  """{tmp}/full: a tmpfs of `kib` KiB if this process may mount one (returns 0), else a plain
+  folder and the `ulimit -f` to run the case under (returns kib)."""
+  full = os.path.join(tmp, "full")
+  os.makedirs(full)
+  if os.geteuid() == 0 and shutil.which("mount"):
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs", full],
+                       capture_output=True)
+    if r.returncode == 0:
+      DISK_FULL[name] = "tmpfs"
+      return 0
+  DISK_FULL[name] = "ulimit -f"
+  return kib
+
+
+def _command(case: Case, paths: dict, fsize_kib: int) -> list[str]:
   argv = [sys.executable, "-m", f"experiments.{case.prog}",
           *(a.format(**paths) for a in case.args)]
-  if case.fsize_kib:
-    return ["bash", "-c", f'ulimit -f {case.fsize_kib} && exec "$@"', "bash", *argv]
+  if case.readonly and os.geteuid() == 0:
+    assert shutil.which("setpriv"), "setpriv (util-linux) runs the read-only cases as root"
+    argv = NO_DAC + argv
+  if fsize_kib:
+    return ["bash", "-c", f'ulimit -f {fsize_kib} && exec "$@"', "bash", *argv]
   return argv
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
-  return subprocess.run(argv, cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True,
-                        timeout=TIMEOUT)
+def _no_torch_path(tmp: str) -> str:
+  d = os.path.join(tmp, ".no_torch", "torch")
+  os.makedirs(d)
+  with open(os.path.join(d, "__init__.py"), "w") as f:
+    f.write('raise ModuleNotFoundError("No module named \'torch\'", name="torch")\n')
+  return os.path.dirname(d)
+
+
+def _run(argv: list[str], no_torch: str = "") -> subprocess.CompletedProcess:
+  env = cli_env(devices=1)
+  if no_torch:
+    env["PYTHONPATH"] = f"{no_torch}{os.pathsep}{env['PYTHONPATH']}"
+  return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def _selected(request) -> list[str]:
@@ -696,12 +911,20 @@ def outcomes(request, world, tmp_path_factory):
     if o.skip:
       continue
     o.before = {p.format(**paths): _digest(p.format(**paths)) for p in case.keep}
-    jobs[name] = _command(case, paths)
-  with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
-    futures = {name: pool.submit(_run, argv) for name, argv in jobs.items()}
-    for name, future in futures.items():
-      out[name].result = future.result()
-      out[name].after = {p: _digest(p) for p in out[name].before}
+    fsize = case.fsize_kib or (_limit_disk(name, tmp, case.disk_kib) if case.disk_kib else 0)
+    jobs[name] = (_command(case, paths, fsize), _no_torch_path(tmp) if case.no_torch else "")
+  try:
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+      futures = {name: pool.submit(_run, *job) for name, job in jobs.items()}
+      for name, future in futures.items():
+        out[name].result = future.result()
+        out[name].after = {p: _digest(p) for p in out[name].before}
+        if DISK_FULL.get(name) == "tmpfs":
+          out[name].leftovers = _leftovers(out[name].tmp)  # before the tmpfs goes
+  finally:
+    for name, how in DISK_FULL.items():
+      if how == "tmpfs":
+        subprocess.run(["umount", os.path.join(out[name].tmp, "full")], check=False)
   return out
 
 
@@ -724,6 +947,12 @@ def test_hostile_input(name, outcomes, world):
     assert len(errors) == 1, r.stderr[-3000:]
     for text in case.says:
       assert text in errors[0], (text, errors[0])
+    if case.disk_kib:
+      assert any(t in errors[0] for t in ("the disk is full", "the file is too large")), errors[0]
+    shown = errors[0].replace(o.tmp, "/home/me/work/xy")
+    for key in ("gen", "other", "alpha_other", "seg", "data64"):
+      shown = shown.replace(world[key], "/home/me/w/" + key[:5].ljust(5, "x"))
+    assert len(shown) <= MAX_LINE, (len(shown), shown)
   else:
     assert not errors, errors
     for text in case.says:
@@ -732,13 +961,14 @@ def test_hostile_input(name, outcomes, world):
     assert o.after[path] == digest, f"{path} changed"
   for path in case.absent:
     assert not os.path.lexists(path.format(**paths)), f"{path.format(**paths)} exists"
-  assert not _leftovers(o.tmp), _leftovers(o.tmp)
+  left = o.leftovers if o.leftovers is not None else _leftovers(o.tmp)
+  assert not left, left
   if case.check is not None:
     case.check(o)
 
 
 def test_enough_cases():
-  assert len(CASES) >= 40
+  assert len(CASES) >= 110
   progs = {c.prog for c in CASES.values()}
   assert progs == {"train", "pretrain_gan", "convert", "prepare_data", "sample", "evaluate",
                    "benchmark", "make_pairs", "train_student", "segment", "pipeline", "invert",

@@ -50,15 +50,11 @@ def natural_key(text: str):
 
 
 def list_images(src) -> list[str]:
-  """Relative POSIX paths of the image files under src (recursive), in natural order."""
+  """Relative POSIX paths of the image files under src (recursive; the one walk of
+  `image_io.walk_images`: a symlink loop is walked once), in natural order."""
   src = os.fspath(src)
-  found = []
-  for root, dirs, files in os.walk(src, followlinks=True):
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
-    for f in files:
-      if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
-        found.append(os.path.relpath(os.path.join(root, f), src).replace(os.sep, "/"))
-  return sorted(found, key=natural_key)
+  return [os.path.relpath(p, src).replace(os.sep, "/")
+          for p in image_io.walk_images(src, IMAGE_EXTENSIONS)]
 
 
 def resize_and_crop(img: Image.Image, size: int) -> Image.Image:

@@ -35,11 +35,8 @@ def load_torch_checkpoint(path: str, allow_pickle: bool = False) -> dict:
   """torch.load on CPU -> dict. weights_only=True unless `allow_pickle` (trusted files only)."""
   import pickle  # noqa: PLC0415
 
+  _check_src(path)
   torch = import_torch("reading PyTorch checkpoints")
-  if not os.path.exists(path):
-    raise UserError(f"--src {path} does not exist")
-  if os.path.isdir(path):
-    raise UserError(f"--src {path} is a directory; pass a PyTorch checkpoint file (.pt)")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
   except pickle.UnpicklingError as e:
@@ -61,6 +58,13 @@ def load_torch_checkpoint(path: str, allow_pickle: bool = False) -> dict:
     raise UserError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict with "
                     f"'g_ema' / 'g' / 'd' / 'bg_extractor_ema'")
   return obj
+
+
+def _check_src(path: str) -> None:
+  if not os.path.exists(path):
+    raise UserError(f"--src {path} does not exist")
+  if os.path.isdir(path):
+    raise UserError(f"--src {path} is a directory; pass a PyTorch checkpoint file (.pt)")
 
 
 def import_torch(purpose: str):
@@ -515,6 +519,7 @@ def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float =
   if os.path.lexists(dst) and not overwrite:
     raise UserError(f"--dst {dst} already exists; choose a new --dst or pass "
                     f"--overwrite")
+  _check_src(src)
   files.check_writable_dir(dst, "--dst")
   files.check_disjoint(dst, [("--src", src)], "--dst")
   ckpt = load_torch_checkpoint(src, allow_pickle=allow_pickle)

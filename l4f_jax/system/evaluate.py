@@ -140,9 +140,9 @@ def _check_mask_folder(folder: str, where: str = "", flag: str = "") -> None:
     if grey.size and grey.max() == 1:  # values 0 and 1 only, some 1
       zero_one.append(os.path.basename(path))
   if zero_one:
-    raise UserError(f"{where}{flag}{folder}: {len(zero_one)} mask(s) hold only the values 0 and "
-                    f"1 (e.g. {zero_one[0]}); the official scoring counts only 255 as foreground, "
-                    "so they would score foreground IoU 0; save the masks as 0/255")
+    shown = os.path.basename(folder) if where else f"{flag}{folder}"
+    raise UserError(f"{where}{shown}: {len(zero_one)} mask(s) hold only the values 0 and 1 (e.g. "
+                    f"{zero_one[0]}), all background to the official scoring; save them as 0/255")
 
 
 def _score_folders(gt: str, pred: str, where: str = "", flags=("", "")) -> dict:

@@ -266,13 +266,11 @@ def check_disjoint(out: str, inputs: Iterable[tuple[str, str]], flag: str = "--o
       continue
     r = _real(path)
     if o == r:
-      raise UserError(f"{flag}={out} is the input {in_flag}={path}; choose a new {flag}")
+      raise UserError(f"{flag}={out} is also the input {in_flag}; choose a new {flag}")
     if r.startswith(o.rstrip(os.sep) + os.sep):
-      raise UserError(f"{flag}={out} holds the input {in_flag}={path}; choose a {flag} that does "
-                      "not contain it")
+      raise UserError(f"{flag}={out} holds the input {in_flag}={path}; choose another {flag}")
     if o.startswith(r.rstrip(os.sep) + os.sep) and os.path.isdir(r):
-      raise UserError(f"{flag}={out} lies inside the input {in_flag}={path}; choose a {flag} "
-                      "outside it")
+      raise UserError(f"{flag}={out} lies inside the input {in_flag}; choose a {flag} outside it")
 
 
 def check_output_dir(out: str, overwrite: bool, *, program: str, summary: str,

@@ -67,12 +67,10 @@ class UnreadableImage(UserError):
 # ----------------------------------------------------------------------------- listing
 
 
-def _is_image_name(name: str) -> bool:
-  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _walk(folder: str) -> list[str]:
-  """Image files under folder (recursive, symlinks followed once, hidden entries skipped)."""
+def walk_images(folder: str, extensions: tuple = IMAGE_EXTENSIONS) -> list[str]:
+  """Image files under folder (recursive, symlinks followed, each real folder visited once so a
+  symlink loop is walked once, hidden entries skipped), in natural order of their relative
+  paths."""
   found, seen = [], set()
   for root, dirs, files in os.walk(folder, followlinks=True):
     real = os.path.realpath(root)
@@ -81,7 +79,8 @@ def _walk(folder: str) -> list[str]:
       continue
     seen.add(real)
     dirs[:] = [d for d in dirs if not d.startswith(".")]
-    found.extend(os.path.join(root, f) for f in files if _is_image_name(f))
+    found.extend(os.path.join(root, f) for f in files
+                 if not f.startswith(".") and f.lower().endswith(extensions))
   return sorted(found, key=lambda p: natural_key(os.path.relpath(p, folder).replace(os.sep, "/")))
 
 
@@ -118,7 +117,7 @@ def list_inputs(spec: str | list[str]) -> list[str]:
   out, seen = [], set()
   for item in items:
     if os.path.isdir(item):
-      files = _walk(item)
+      files = walk_images(item)
       if not files:
         kinds = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
         raise UserError(f"--images={item}: no image files ({kinds}) in this folder or below; "

@@ -237,7 +237,8 @@ def invert(cfg: InvertConfig) -> dict:
       metrics_log.log_console(f"invert: {progress.line(len(psnrs) + len(skipped))}")
     if not psnrs:
       raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
-                      f"(e.g. {skipped[0]['reason']}); nothing was written")
+                      f"(e.g. {os.path.basename(skipped[0]['file'])}: --verbose says why); "
+                      "nothing was written", detail="\n".join(x["reason"] for x in skipped))
     if rows:
       cols = list(zip(*[rows[k] for k in sorted(rows)]))
       images.save_grid(os.path.join(tmp, "grid.png"),

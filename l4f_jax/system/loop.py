@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from l4f_jax.system import interrupts, metrics_log
-from l4f_jax.system.files import Interrupted, check_writable_dir
+from l4f_jax.system.files import Interrupted, check_disjoint, check_writable_dir
 from l4f_jax.system.checkpoints import Checkpointer
 from l4f_jax.errors import UserError
 
@@ -128,11 +128,14 @@ def _take_lock(workdir: str) -> str:
 
 
 def open_run(workdir: str, *, program: str, config: dict, identity: dict, keep: int = 2,
-             overwrite: bool = False, resume_keys: Iterable[str] = ()) -> Run:
+             overwrite: bool = False, resume_keys: Iterable[str] = (),
+             inputs: Iterable[tuple[str, str]] = ()) -> Run:
   """Checks and opens a run directory (module docstring). `identity` holds the properties a
-  checkpoint cannot be resumed across; those in `resume_keys` must match the stored run."""
+  checkpoint cannot be resumed across; those in `resume_keys` must match the stored run.
+  `inputs` ((flag, path) pairs) may not be, hold or lie inside the run directory."""
   workdir = os.path.abspath(workdir)
   check_writable_dir(workdir, "--workdir")
+  check_disjoint(workdir, inputs, "--workdir")
   stored = None
   if os.path.isdir(workdir) and os.listdir(workdir):
     flags_path = os.path.join(workdir, FLAGS_FILE)

@@ -102,8 +102,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
   timing = {}
   t0 = time.perf_counter()
   # The real test split first: cheap, and a bad --real_test fails before any training.
+  size = _generator_size(l4f) if cfg.real_test else None
   try:
-    real = (ensure_real_test_split(cfg.real_test, size=_generator_size(l4f), n=cfg.real_test_n)
+    real = (ensure_real_test_split(cfg.real_test, size=size, n=cfg.real_test_n)
             if cfg.real_test else None)
   except UserError as e:
     raise UserError(f"--real_test: {e} (or --real_test= to skip the real test split)") from None

@@ -79,8 +79,8 @@ def check_out(out: str, overwrite: bool) -> str:
 
 def sample(cfg: SampleConfig) -> list[str]:
   """Writes the sample pictures of `cfg` into `cfg.out`; returns the paths written."""
+  files.check_disjoint(cfg.out, [("--generator", cfg.generator), ("--alpha", cfg.alpha)])
   out = check_out(cfg.out, cfg.overwrite)
-  files.check_disjoint(out, [("--generator", cfg.generator), ("--alpha", cfg.alpha)])
   gen = weights.load_generator(cfg.generator)
   alpha_net, a_params = None, None
   if cfg.alpha:

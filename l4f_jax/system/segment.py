@@ -146,7 +146,8 @@ def segment(cfg: SegmentConfig) -> dict:
       metrics_log.log_console(f"segment: {progress.line(done + len(skipped))}")
     if done == 0:
       raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
-                      f"(e.g. {skipped[0]['reason']}); nothing was written")
+                      f"(e.g. {os.path.basename(skipped[0]['file'])}: --verbose says why); "
+                      "nothing was written", detail="\n".join(x["reason"] for x in skipped))
     if cells:
       image_io.save_contact_sheet(os.path.join(tmp, "contact_sheet.png"),
                                   [cells[k] for k in sorted(cells)])

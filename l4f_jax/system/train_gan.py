@@ -21,7 +21,7 @@ from l4f_jax.config import option, to_dict
 from l4f_jax.method import gan
 from l4f_jax.models.stylegan2 import Discriminator, Generator, make_noise
 from l4f_jax.system import data as data_lib
-from l4f_jax.system import images, loop, sharding, training, weights
+from l4f_jax.system import files, images, loop, sharding, training, weights
 from l4f_jax.errors import UserError
 
 ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")
@@ -63,6 +63,7 @@ def train_and_evaluate(cfg: GANRunConfig) -> dict:
       raise UserError(f"--export={cfg.export} already exists; choose a new directory or pass "
                       "--overwrite")
     loop.check_writable_dir(cfg.export, "--export")
+    files.check_disjoint(cfg.export, [("--dataset", cfg.dataset)], "--export")
   loop.check_writable_dir(cfg.workdir, "--workdir")
   mesh = sharding.make_mesh(cfg.num_devices)
   n_dev = mesh.devices.size
@@ -82,7 +83,8 @@ def train_and_evaluate(cfg: GANRunConfig) -> dict:
                     channel_base=cfg.channel_base, channel_max=cfg.channel_max)
   run = loop.open_run(cfg.workdir, program="pretrain_gan", config=to_dict(cfg),
                       identity={k: arch[k] for k in ARCH_KEYS}, keep=cfg.keep,
-                      overwrite=cfg.overwrite, resume_keys=ARCH_KEYS)
+                      overwrite=cfg.overwrite, resume_keys=ARCH_KEYS,
+                      inputs=[("--dataset", cfg.dataset)])
   try:
     return _train(cfg, run, G, D, arch, mesh, loader)
   finally:

@@ -210,7 +210,8 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
               "devices": devices, "global_batch": global_batch,
               "generator_fingerprint": gen.fingerprint}
   run = loop.open_run(cfg.workdir, program="labels4free", config=to_dict(cfg), identity=identity,
-                      keep=cfg.keep, overwrite=cfg.overwrite, resume_keys=RESUME_KEYS)
+                      keep=cfg.keep, overwrite=cfg.overwrite, resume_keys=RESUME_KEYS,
+                      inputs=[("--generator", cfg.generator), ("--dataset", cfg.dataset)])
   try:
     return _train(cfg, run, gen, models, method, mesh, loader, n_dev, devices, global_batch)
   finally:

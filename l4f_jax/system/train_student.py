@@ -26,12 +26,12 @@ import numpy as np
 from l4f_jax.config import nested, option, to_dict
 from l4f_jax.method import student as student_lib
 from l4f_jax.models.unet import UNet
-from l4f_jax.system import augment, data as data_lib, images, loop, sharding, training, weights
+from l4f_jax.system import augment, data as data_lib, files, images, loop, sharding, training
+from l4f_jax.system import weights
 from l4f_jax.errors import UserError
 
 KIND = "student_segmenter"
-SEGMENTER_HINT = ("train one with python -m experiments.train_student (or experiments.pipeline, "
-                  "which writes workspace/runs/shapes/segmenter)")
+SEGMENTER_HINT = "train one with python -m experiments.train_student"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,7 @@ def train_and_evaluate(cfg: StudentConfig) -> dict:
   """Trains and exports the student; returns {'steps', 'export', 'metrics' (last logged)}."""
   loop.check_writable_dir(cfg.workdir, "--workdir")
   export = _export_dir(cfg)
+  files.check_disjoint(export, [("--pairs", cfg.pairs)], "--export")
   if cfg.export and os.path.lexists(export) and not (cfg.overwrite or _is_segmenter(export)):
     raise UserError(f"--export={cfg.export} exists and is not a segmenter export; choose a new "
                     "directory")
@@ -110,7 +111,8 @@ def train_and_evaluate(cfg: StudentConfig) -> dict:
                       identity={"size": size, "arch": to_dict(cfg.arch), "batch": cfg.batch,
                                 "devices": int(mesh.devices.size)},
                       keep=cfg.keep, overwrite=cfg.overwrite,
-                      resume_keys=("size", "arch", "batch", "devices"))
+                      resume_keys=("size", "arch", "batch", "devices"),
+                      inputs=[("--pairs", cfg.pairs)])
   try:
     return _train(cfg, run, mesh, loader, size, global_batch, export)
   finally:
@@ -199,7 +201,7 @@ def load_segmenter(path: str, flag: str = "--segmenter") -> Segmenter:
   try:
     config, trees = weights.load_weights(path, SEGMENTER_HINT)
   except UserError as e:
-    raise UserError(f"{flag}={path}: {e}", detail=e.detail) from None
+    raise weights.with_flag(e, flag, path) from None
   if config.get("kind") != KIND or "segmenter" not in trees:
     raise UserError(f"{flag}={path} is not a segmenter export (kind {config.get('kind')!r}); "
                     "train one with python -m experiments.train_student")

@@ -57,9 +57,8 @@ TREE_NAMES = ("g_ema", "g", "d", "latent_avg", "noises", "alpha", "segmenter")
 MODEL_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max",
               "lr_mlp")
 CHECKSUMS = "state_sha256"
-CONVERT_HINT = ("convert a PyTorch checkpoint first: "
-                "python -m experiments.convert --src=<file.pt> --dst=<dir>")
-ALPHA_HINT = "train one with python -m experiments.train (its <workdir>/alpha export)"
+CONVERT_HINT = "make it with python -m experiments.convert"
+ALPHA_HINT = "train one with python -m experiments.train"
 
 
 WeightsError = UserError  # weight-file errors are ordinary one-line user errors
@@ -176,12 +175,12 @@ def _verify_state(path: str, state: str, recorded, hint: str = CONVERT_HINT) -> 
   found = _state_digests(state)
   for rel, digest in sorted(recorded.items()):
     if rel not in found:
-      raise WeightsError(f"{path} is incomplete: {STATE_DIR}/{rel} is missing; copy the whole "
-                         f"directory again or {hint}")
+      raise WeightsError(f"{path} is incomplete (a {STATE_DIR}/ file is missing; --verbose names "
+                         f"it); copy it again or {hint}", detail=f"missing: {STATE_DIR}/{rel}")
     if found[rel] != digest:
-      raise WeightsError(f"{path} is damaged: {STATE_DIR}/{rel} differs from the file that was "
-                         f"written (truncated, bit-flipped or replaced); copy the directory again "
-                         f"or {hint}")
+      raise WeightsError(f"{path} is damaged (a {STATE_DIR}/ file changed; --verbose names it); "
+                         f"copy it again or {hint}",
+                         detail=f"truncated, bit-flipped or replaced: {STATE_DIR}/{rel}")
 
 
 def _check_trees(trees: dict) -> None:
@@ -203,8 +202,7 @@ def nonfinite_leaves(trees) -> list[str]:
 
 
 def _describe_nonfinite(bad: list[str]) -> str:
-  more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
-  return f"{', '.join(bad[:2])}{more}"
+  return bad[0] + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
 
 
 def save_weights(dst: str, config: dict, trees: dict, overwrite: bool = False) -> str:
@@ -282,7 +280,8 @@ def read_config(path: str, hint: str = CONVERT_HINT) -> dict:
     raise WeightsError(f"{path} is not a converted-weight directory (no {CONFIG_FILE}); "
                        f"{hint}") from None
   except (OSError, ValueError) as e:
-    raise WeightsError(f"{cfg_path} is unreadable ({e}); {hint}") from None
+    raise WeightsError(f"{cfg_path} is unreadable (--verbose says why); {hint}",
+                       detail=str(e)) from None
   if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
     raise WeightsError(f"{cfg_path} is not an l4f_jax weight config (format != {FORMAT!r}); "
                        f"{hint}")
@@ -329,8 +328,8 @@ def load_weights(path: str, hint: str = CONVERT_HINT) -> tuple[dict, dict]:
                        f"{cfg.get('contents')}; convert the checkpoint again")
   bad = nonfinite_leaves(trees)
   if bad:
-    raise WeightsError(f"{path} holds non-finite weights ({_describe_nonfinite(bad)}); it came "
-                       "from a diverged run or is damaged: retrain or convert it again")
+    raise WeightsError(f"{path} holds non-finite weights ({_describe_nonfinite(bad)}): a "
+                       "diverged run or damage; retrain it or convert it again")
   return cfg, dict(trees)
 
 
@@ -423,6 +422,13 @@ class LoadedGenerator:
             "generator_fingerprint": self.fingerprint}
 
 
+def with_flag(e: UserError, flag: str, path: str) -> UserError:
+  """`e` with its message led by `flag=path` (a message that starts with the path names it once)."""
+  msg = str(e)
+  msg = f"{flag}={path}{msg[len(path):]}" if msg.startswith(path) else f"{flag}={path}: {msg}"
+  return WeightsError(msg, detail=e.detail)
+
+
 def load_generator(path: str, flag: str = "--generator", **overrides) -> LoadedGenerator:
   """Loads a generator weight directory; errors are one line naming `flag`."""
   try:
@@ -430,7 +436,7 @@ def load_generator(path: str, flag: str = "--generator", **overrides) -> LoadedG
     params = generator_params(trees, path)
     module = generator_from_config(config, **overrides)
   except WeightsError as e:
-    raise WeightsError(f"{flag}={path}: {e}", detail=e.detail) from None
+    raise with_flag(e, flag, path) from None
   return LoadedGenerator(path=path, config=config, module=module, params=params, trees=trees,
                          fingerprint=fingerprint(params))
 
@@ -445,7 +451,7 @@ def load_alpha(path: str, gen: LoadedGenerator, flag: str = "--alpha"):
     try:
       config, trees = load_weights(path, ALPHA_HINT)
     except WeightsError as e:
-      raise WeightsError(f"{flag}={path}: {e}", detail=e.detail) from None
+      raise with_flag(e, flag, path) from None
   if "alpha" not in trees:
     raise WeightsError(f"{flag}={path} holds no alpha network (it has {sorted(trees)}); pass a "
                        "training run's alpha/ export")
