@@ -63,8 +63,7 @@ def main(prog: str):
       except files.Interrupted as e:
         errors.fail(prog, str(e), code=130)
       except KeyboardInterrupt:
-        errors.fail(prog, f"stopped by {interrupts.caught() or 'SIGINT'}; nothing was written",
-                    code=130)
+        errors.fail(prog, interrupts.summary(), code=130)
     inner.prog = prog
     return inner
   return wrap

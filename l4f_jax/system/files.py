@@ -36,6 +36,7 @@ from absl import logging
 
 from l4f_jax.errors import UserError
 
+TMP_PREFIX = ".tmp_"  # files being written by `atomic_write`
 STAGING_MARK = ".l4f_staging.json"
 JOURNAL = ".l4f_journal.jsonl"
 _LIVE: dict = {}  # staging path -> resumable (for the interrupt watchdog)
@@ -47,6 +48,24 @@ def dir_mode() -> int:
   mask = os.umask(0)
   os.umask(mask)
   return 0o777 & ~mask
+
+
+def atomic_write(path, write) -> None:
+  """Calls `write(tmp)` for a temporary file next to `path`, then renames it to `path`: a reader
+  sees the old file or the whole new one, never a part."""
+  path = os.fspath(path)
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
+  os.close(fd)
+  try:
+    write(tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def _pid_alive(pid: int) -> bool:
@@ -204,6 +223,10 @@ class Staging:
     self.path, self.dst, self.resumable = path, dst, resumable
     self.journal = read_journal(path) if resumable else []
     self.committed = False
+    for root, _, names in os.walk(path):  # files a killed run was writing (atomic_write)
+      for name in names:
+        if name.startswith(TMP_PREFIX):
+          os.remove(os.path.join(root, name))
 
   def record(self, entries: Iterable[dict]) -> None:
     append_journal(self.path, entries)

@@ -49,7 +49,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from l4f_jax.method.evaluation import natural_key
 from l4f_jax.errors import UserError, one_line
-from l4f_jax.system.images import _atomic_save, make_grid
+from l4f_jax.system.files import atomic_write
+from l4f_jax.system.images import make_grid
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -371,7 +372,7 @@ def _save_png(path: str, array: np.ndarray, mode: str) -> None:
   img = Image.fromarray(np.ascontiguousarray(array, np.uint8))
   if img.mode != mode:
     raise ValueError(f"_save_png: array {array.shape} gives mode {img.mode}, expected {mode}")
-  _atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
+  atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw, threshold: float = 0.5) -> dict:

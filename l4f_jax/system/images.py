@@ -7,10 +7,11 @@ clipping, as torchvision's `save_image(normalize=True, range=(-1, 1))` does.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from l4f_jax.system import files
 
 # Row order used by `save_grid` when the dict holds these keys; other keys follow in dict order.
 GRID_ORDER = ("image", "alpha", "mask", "composite", "foreground", "background")
@@ -73,22 +74,6 @@ def make_grid(rows, pad: int = 2, pad_value: int = 255, ncols: int | None = None
   return out
 
 
-def _atomic_save(path, write) -> None:
-  path = os.fspath(path)
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-  os.close(fd)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def save_png(path, array) -> None:
   """Writes one picture ([H, W], [H, W, 1] or [H, W, 3], any convention above) atomically."""
   a = np.asarray(array)
@@ -96,7 +81,7 @@ def save_png(path, array) -> None:
   u = to_uint8(a, mask=is_mask if a.dtype != np.uint8 else None)
   if u.ndim == 3 and u.shape[-1] == 1:
     u = u[..., 0]
-  _atomic_save(path, lambda tmp: Image.fromarray(u).save(tmp, format="PNG"))
+  files.atomic_write(path, lambda tmp: Image.fromarray(u).save(tmp, format="PNG"))
 
 
 def grid_rows(columns: dict) -> list[tuple[str, np.ndarray]]:
@@ -128,5 +113,5 @@ def save_grid(path, columns: dict, pad: int = 2, labels: bool = True,
       y = pad + i * (h + pad) + (h - (b[3] + b[1])) // 2
       draw.text((4, y), k, fill=(0, 0, 0), font=font)
     grid = np.asarray(canvas)
-  _atomic_save(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+  files.atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
   return grid

@@ -17,6 +17,10 @@ How a signal ends the process:
   process itself if the main thread has not done so `GRACE_S` seconds later: it removes the live
   staging folders that cannot be resumed, keeps and names the others, prints the line and exits
   130. A second signal ends the process at once the same way.
+- A KeyboardInterrupt raised where Python cannot propagate it (a garbage-collector callback, a
+  finalizer) would only print "Exception ignored ... Traceback" and be lost, so the program would
+  carry on; `install` catches exactly those unraisable KeyboardInterrupts and has the watchdog end
+  the process at once.
 Without `install` (the programs called as a library, e.g. by the tests) Python's default
 KeyboardInterrupt stays, and `cooperative()` installs its own recording handler.
 """
@@ -44,6 +48,8 @@ class _State:
   caught: Optional[str] = None
   cooperative = 0
   finishing = 0
+  lost = False  # a KeyboardInterrupt was raised where it could not propagate
+  wake_fd = -1
   note = ""  # what resumes an interrupted run (the training loop's latest checkpoint)
 
 
@@ -64,8 +70,8 @@ def _exit_now(signame: str) -> None:
   from l4f_jax.system import files  # pylint: disable=import-outside-toplevel
   removed, kept = files.abandon_staging()
   if not _State.in_main:
-    what = "while starting; nothing was written"
-  elif kept:
+    errors.fail(_prog(), f"stopped by {signame} while starting; nothing was written", code=130)
+  if kept:
     what = f"partial outputs are kept in {kept[0]}: the same command resumes from them"
   elif _State.note:
     what = _State.note
@@ -109,12 +115,12 @@ def _watch(read_fd: int) -> None:
       return
     if not data:
       return
-    if not wanted.intersection(data):
+    if not wanted.intersection(data) and not _State.lost:
       continue
     deadline = time.monotonic() + GRACE_S
-    while time.monotonic() < deadline or (_State.finishing and
-                                          time.monotonic() < deadline + FINISH_S):
-      time.sleep(0.05)
+    while not _State.lost and (time.monotonic() < deadline or (
+        _State.finishing and time.monotonic() < deadline + FINISH_S)):
+      time.sleep(0.02)
     _exit_now(_State.caught or "SIGINT")
 
 
@@ -125,10 +131,23 @@ def install() -> None:
   read_fd, write_fd = os.pipe()
   os.set_blocking(write_fd, False)
   signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  _State.wake_fd = write_fd
   for sig in SIGNALS:
     signal.signal(sig, _handle)
   threading.Thread(target=_watch, args=(read_fd,), name="l4f-interrupt-watchdog",
                    daemon=True).start()
+  previous = sys.unraisablehook
+
+  def unraisable(info):
+    if not issubclass(info.exc_type, KeyboardInterrupt):
+      previous(info)
+      return
+    _State.lost = True
+    try:
+      os.write(_State.wake_fd, b"\xff")
+    except OSError:
+      pass
+  sys.unraisablehook = unraisable
   _State.installed = True
 
 
@@ -136,6 +155,11 @@ def enter_main(prog: str) -> None:
   """From here on a signal unwinds the program (module docstring)."""
   _State.prog = prog
   _State.in_main = True
+
+
+def summary() -> str:
+  """The interrupt line's text after the main thread unwound (its staging folders are gone)."""
+  return f"stopped by {_State.caught or 'SIGINT'}; {_State.note or 'nothing was written'}"
 
 
 def caught() -> Optional[str]:

@@ -161,6 +161,9 @@ def open_run(workdir: str, *, program: str, config: dict, identity: dict, keep: 
   lock = _take_lock(workdir) if _is_main() else None
   try:
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep or None)
+    latest = ckpt.latest_step()
+    interrupts.set_note(f"checkpoint {latest} in {ckpt.directory} resumes the run" if latest else
+                        f"no checkpoint yet in {workdir}: the same command starts it afresh")
     if ckpt.latest_step() is not None:
       old = ckpt.restore_meta().get("run", {})
       diff = {k: (old.get(k), identity.get(k)) for k in resume_keys if old.get(k) != identity.get(k)}
