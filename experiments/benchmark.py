@@ -28,12 +28,12 @@ calls after one warm-up call each; the JAX compile time is measured on its own (
 
 Configurations (--config; the flags --size/--batch/--channel_multiplier apply without one):
   tiny     32 px toy (smoke test only)
-  cpu      the project's CPU world (weights/shapes64): 64 px, style 128, 2 mapping layers, channels
+  cpu      the built-in world's generator (experiments/assets/shapes64): 64 px, style 128, 2 mapping layers, channels
            min(1024/res, 64); batch 8 = 4 emulated devices x 2 (the official FFHQ/Horse/Cat runs)
   cpu_wide 64 px, style 512, 8 mapping layers, channels min(16384/res, 256); 4 x 2
   gpu256 / gpu512 / gpu1024   config-f (style 512, 8 mapping layers, channel_multiplier 2); 4 x 2
 
-The benchmarks live in `l4f_jax.system.benchmarking` (add one there: `bench_<name>(args)` registered
+The benchmarks live in `l4f_jax.programs.benchmarking` (add one there: `bench_<name>(args)` registered
 in BENCHMARKS); this CLI parses and checks the flags and prints the report.
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ import os
 from absl import flags
 
 from l4f_jax.system import cli
-from l4f_jax.system.benchmarking import BENCHMARKS, Args, load, report
+from l4f_jax.programs.benchmarking import BENCHMARKS, Args, load, report
+from l4f_jax.config import stop_if_parse_only
 from l4f_jax.errors import UserError
 from l4f_jax.system.flops import CONFIGS
 
@@ -99,6 +100,7 @@ def main(argv):
     raise UserError(f"--torch_threads={_TORCH_THREADS.value} must be integers >= 0")
   if _CHANNEL_MULTIPLIER.value not in (1, 2):
     raise UserError(f"--channel_multiplier={_CHANNEL_MULTIPLIER.value} must be 1 or 2")
+  stop_if_parse_only()
   if _TORCH.value:
     from l4f_jax.system.convert import import_torch  # pylint: disable=import-outside-toplevel
     try:

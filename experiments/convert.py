@@ -17,6 +17,7 @@ from absl import flags
 
 from l4f_jax.system import cli
 from l4f_jax.system.convert import convert_file
+from l4f_jax.config import stop_if_parse_only
 from l4f_jax.errors import UserError
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pt) to convert.")
@@ -33,6 +34,7 @@ def main(argv):
   del argv
   if not _SRC.value or not _DST.value:
     raise UserError("--src=<checkpoint.pt> and --dst=<new directory> are required")
+  stop_if_parse_only()
   convert_file(_SRC.value, _DST.value, _ALLOW_PICKLE.value, _LR_MLP.value, _SIZE.value,
                _OVERWRITE.value)
 

@@ -8,13 +8,13 @@ background.
 Writes <out>/original, masks, naive (G(w')), preserved (alpha' G(w') + (1 - alpha') B), background
 (B), edited_masks (PNG per original), <out>/grid.png and <out>/metrics.json (background PSNR of the
 naive and the preserved edits, per completion: G_bg and inpainting). The flags are the fields of
-`l4f_jax.system.edit.EditConfig`.
+`l4f_jax.programs.edit.EditConfig`.
 """
 from __future__ import annotations
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
-from l4f_jax.system.edit import EditConfig, edit
+from l4f_jax.programs.edit import EditConfig, edit
 
 define_flags(EditConfig)
 

@@ -16,14 +16,14 @@ Two sources of masks:
 Prints a table, writes metrics.json (and, for generated samples, a grid marking false positives yellow
 and false negatives cyan) under --out. Generated samples use the training program's w-bar
 (`l4f_jax.system.training.w_avg` of --seed). The flags are the fields of
-`l4f_jax.system.evaluate.EvaluateConfig`; the program is its `evaluate`.
+`l4f_jax.programs.evaluate.EvaluateConfig`; the program is its `evaluate`.
 """
 from __future__ import annotations
 
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
-from l4f_jax.system.evaluate import EvaluateConfig, evaluate
+from l4f_jax.programs.evaluate import EvaluateConfig, evaluate
 
 define_flags(EvaluateConfig)
 

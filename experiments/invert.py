@@ -6,14 +6,14 @@ r"""Masks of real images by GAN inversion: project each image into G, segment G'
 Writes <out>/masks/<stem>.png (0 / 255, alpha > 0.9, at each input's own size),
 <out>/latents/<stem>.npy, <out>/noise/<stem>.npz, <out>/recon/<stem>.png, <out>/grid.png and
 <out>/metrics.json (PSNR per image and mean, seconds per image). The flags are the fields of
-`l4f_jax.system.invert.InvertConfig` (with --steps, --latent=w|w+, --lr, --noise_regularize of
+`l4f_jax.programs.invert.InvertConfig` (with --steps, --latent=w|w+, --lr, --noise_regularize of
 `l4f_jax.method.inversion.ProjectorConfig`).
 """
 from __future__ import annotations
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
-from l4f_jax.system.invert import InvertConfig, invert
+from l4f_jax.programs.invert import InvertConfig, invert
 
 define_flags(InvertConfig)
 

@@ -3,7 +3,7 @@ r"""The whole framework on one command: A -> pairs -> student -> masks of real i
   python -m experiments.pipeline --flagfile=experiments/flags/shapes_pipeline.flags
 
 The flags are those of experiments.train (stage 1) plus the fields of
-`l4f_jax.system.pipeline.PipelineConfig` (pairs_*, student_*, aug_*, real_test*); its module
+`l4f_jax.programs.pipeline.PipelineConfig` (pairs_*, student_*, aug_*, real_test*); its module
 docstring lists the stages and outputs. Re-running resumes or reuses every stage.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
-from l4f_jax.system.pipeline import PipelineConfig, run_pipeline
+from l4f_jax.programs.pipeline import PipelineConfig, run_pipeline
 
 define_flags(PipelineConfig)
 cli.define_distributed_flags()

@@ -36,10 +36,19 @@ def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
   from l4f_jax.datasets import image_folder, shapes
-  from l4f_jax.system.loop import check_writable_dir
+  from l4f_jax.config import stop_if_parse_only
+  from l4f_jax.io.files import check_writable_dir
   t0 = time.time()
+  synthetic = _SYNTHETIC.value or _SRC.value == "shapes"
+  needed = ((_SRC.value, "--src is required: a folder of images, or --src=shapes"),
+            (_NAME.value, "--name is required for an image folder, e.g. --name=ffhq"),
+            (_SIZE.value, "--size is required for an image folder, e.g. --size=256"))
+  for value, what in needed:
+    if not (synthetic or value):
+      raise UserError(what)
+  stop_if_parse_only()
   check_writable_dir(_DATA_DIR.value, "--data_dir")
-  if _SYNTHETIC.value or _SRC.value == "shapes":
+  if synthetic:
     if _NAME.value not in (None, "l4f_shapes"):
       logging.warning("--name is ignored for shapes (directory is l4f_shapes)")
     size = _SIZE.value or 64
@@ -50,12 +59,6 @@ def main(argv):
       raise UserError(str(e)) from None
     print(f"l4f_shapes: {_NUM.value} images at {size}px in {path} ({time.time() - t0:.1f} s)")
   else:
-    if not _SRC.value:
-      raise UserError("--src is required: a folder of images, or --src=shapes")
-    if not _NAME.value:
-      raise UserError("--name is required for an image folder, e.g. --name=ffhq")
-    if not _SIZE.value:
-      raise UserError("--size is required for an image folder, e.g. --size=256")
     try:
       r = image_folder.prepare_image_folder(_SRC.value, _DATA_DIR.value, _NAME.value, _SIZE.value,
                                             overwrite=_OVERWRITE.value)

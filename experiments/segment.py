@@ -5,14 +5,14 @@ r"""Segment any images with a trained student: raw images in, masks out.
 
 Writes <out>/masks/<stem>.png (0 / 255, at each input's own size), <out>/alpha/<stem>.png (soft),
 <out>/cutout/<stem>.png (RGBA), <out>/contact_sheet.png and <out>/segment.json. The flags are the
-fields of `l4f_jax.system.segment.SegmentConfig`.
+fields of `l4f_jax.programs.segment.SegmentConfig`.
 """
 from __future__ import annotations
 
 
 from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
-from l4f_jax.system.segment import SegmentConfig, segment
+from l4f_jax.programs.segment import SegmentConfig, segment
 
 define_flags(SegmentConfig)
 

@@ -21,6 +21,7 @@ floats must be finite (`--lr=nan` is refused). `to_dict` is what a run stores in
 from __future__ import annotations
 
 import dataclasses
+import os
 import math
 import sys
 import typing
@@ -124,11 +125,23 @@ def _build(cls, values: dict, prefix=""):
   return cls(**kwargs)
 
 
+class ParseOnly(Exception):
+  """Raised once the flags parsed and validated when the environment sets L4F_PARSE_ONLY=1: the
+  documentation's commands are checked this way without running them (tests/test_docs.py)."""
+
+
+def stop_if_parse_only() -> None:
+  if os.environ.get("L4F_PARSE_ONLY") == "1":
+    raise ParseOnly()
+
+
 def from_flags(cls, flag_values=flags.FLAGS):
   """The validated config whose flag fields take the parsed flag values."""
   values = {path: flag_values[name].value for path, name in flag_names(cls).items()
             if name in flag_values}
-  return validate(_build(cls, values))
+  cfg = validate(_build(cls, values))
+  stop_if_parse_only()
+  return cfg
 
 
 def resolve(cls, **overrides):

@@ -9,7 +9,7 @@ from tests.tiny_world import ROOT, cli_env
 
 
 def test_generator_macs_match_published_constants():
-  """The conv-counted G MACs equal the published 256/1024 px config-f constants (stylegan2.md §10)."""
+  """The conv-counted G MACs equal the published 256/1024 px config-f constants (the StyleGAN2 paper's config-f cost figures)."""
   from l4f_jax.system.flops import CONFIGS, discriminator_macs, generator_macs
   assert generator_macs(CONFIGS["gpu256"]) == 45124673536
   assert generator_macs(CONFIGS["gpu1024"]) == 74266894336
@@ -17,7 +17,7 @@ def test_generator_macs_match_published_constants():
 
 
 def test_iteration_flops_match_spec_estimate():
-  """Per image, before R1: ≈1.2 TFLOP at 256 px and ≈2 at 1024 (stylegan2.md §10, a rough estimate
+  """Per image, before R1: ≈1.2 TFLOP at 256 px and ≈2 at 1024 (a rough estimate
   that also counts blurs, which the analytic count leaves out: so within 15 % below it)."""
   from l4f_jax.system.flops import CONFIGS, iteration_flops
   for name, spec in (("gpu256", 1.2e12), ("gpu1024", 2.0e12)):

@@ -366,7 +366,7 @@ def test_sample_writes_official_outputs(tmp_path, tiny_g):
   from PIL import Image
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.sampling import SampleConfig, sample
+  from l4f_jax.programs.sampling import SampleConfig, sample
 
   repro, _ = _alpha_nets(32, tiny_g.channels, seed=3)
   src = str(tmp_path / "l4f.pt")

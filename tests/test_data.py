@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from l4f_jax.datasets import image_folder, shapes
-from l4f_jax.system import data, images
+from l4f_jax.io import images
+from l4f_jax.system import data
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,5 @@
 """experiments.evaluate on the released Labels4Free custom-dataset masks (official GT vs official
-predictions) reproduces the official script's per-class numbers (labels4free.md §13.2)."""
+predictions) reproduces the official script's per-class numbers (RameenAbdal/Labels4Free README, custom_dataset table)."""
 import json
 import os
 import subprocess

@@ -15,7 +15,7 @@ _FOLDERS = {
     "Horse": ("Mask_horse_gt", "Mask_horse_pred"),
     "Cars": ("Mask_car_gt", "Mask_car_pred"),
 }
-# labels4free.md §13.2: fg IoU, bg IoU, mIoU, fg Prec, fg Recall, fg F1, Acc, mean/img fg IoU, GT fg.
+# RameenAbdal/Labels4Free README, custom_dataset table: fg IoU, bg IoU, mIoU, fg Prec, fg Recall, fg F1, Acc, mean/img fg IoU, GT fg.
 _TABLE = {
     "Faces": (0.9781, 0.9517, 0.9649, 0.9840, 0.9939, 0.9889, 0.9847, 0.9773, 0.687),
     "Cats": (0.9614, 0.9495, 0.9554, 0.9758, 0.9848, 0.9803, 0.9776, 0.9598, 0.565),

@@ -51,7 +51,7 @@ def test_sharded_step_ema_and_regularisers():
 
 
 # ---------------------------------------------------------------------------------------------------
-# The pretraining losses against rosinality's formulas (torch reference written from stylegan2.md
+# The pretraining losses against rosinality's formulas (torch reference written from rosinality/stylegan2-pytorch train.py
 # §12), on identical converted weights, float32 at the highest matmul precision (conftest).
 
 
@@ -132,7 +132,7 @@ def test_d_loss_and_r1_match_rosinality():
   got = jax.jit(lambda p: {k: jax.value_and_grad(f)(p) for k, f in fns.items()})(d_params)
   for name, (value, grads) in got.items():
     rel = abs(float(value) - want[name]) / abs(want[name])
-    # float32 D gradients are badly conditioned (labels4free.md §16): bound the max element error
+    # float32 D gradients are badly conditioned (README, parity notes): bound the max element error
     # relative to the largest gradient element
     g_rel = _max_err(grads, want_grads[name]) / _max_abs(want_grads[name])
     print(f"{name}: value {want[name]:.6g} rel {rel:.2e}; grad max rel {g_rel:.2e}")

@@ -65,7 +65,8 @@ def world(tmp_path_factory):
   from l4f_jax.datasets.shapes import prepare_shapes
   from l4f_jax.models.alpha import AlphaNetwork
   from l4f_jax.system import training, weights
-  from l4f_jax.system.train_student import KIND, SegmenterArch
+  from l4f_jax.models.unet import SegmenterArch
+  from l4f_jax.system.weights import SEGMENTER_KIND as KIND
 
   root = tmp_path_factory.mktemp("hostile_world")
   config, trees = weights.load_weights(ASSET)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from l4f_jax.datasets import shapes
 from l4f_jax.method import evaluation as ev
-from l4f_jax.system import image_io
+from l4f_jax.io import image_io
 from l4f_jax.errors import UserError
 
 

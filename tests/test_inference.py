@@ -42,7 +42,7 @@ def test_sample_masks():
 
 
 def test_sample_masks_match_official_test_sample():
-  """sample_masks = the official test_sample.py (torch reference, labels4free.md §12) on the same
+  """sample_masks = the official test_sample.py (torch reference, RameenAbdal/Labels4Free test_sample.py) on the same
   weights, z, z', noise maps and w_avg: independent background latents, psi = 0.5 on fg and bg,
   hard mask alpha > 0.9 (strict). float32."""
   import torch

@@ -37,7 +37,8 @@ def world(tmp_path_factory):
   from l4f_jax.config import to_dict
   from l4f_jax.models.alpha import AlphaNetwork
   from l4f_jax.system import training, weights
-  from l4f_jax.system.train_student import KIND, SegmenterArch
+  from l4f_jax.models.unet import SegmenterArch
+  from l4f_jax.system.weights import SEGMENTER_KIND as KIND
 
   root = tmp_path_factory.mktemp("interrupts")
   gen = make_generator_dir(str(root / "gen"), 16)

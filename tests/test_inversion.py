@@ -1,5 +1,5 @@
-"""GAN inversion and background-kept editing (method.inversion, method.editing, system.invert,
-system.edit) on a tiny random 16 px generator."""
+"""GAN inversion and background-kept editing (method.inversion, method.editing, programs.invert,
+programs.edit) on a tiny random 16 px generator."""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,9 @@ from l4f_jax.method import editing, inversion
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import make_noise
 from l4f_jax.system import training
-from l4f_jax.system.edit import EditConfig, edit
+from l4f_jax.programs.edit import EditConfig, edit
 from l4f_jax.errors import UserError
-from l4f_jax.system.invert import InvertConfig, invert
+from l4f_jax.programs.invert import InvertConfig, invert
 from l4f_jax.system.weights import generator_from_config, load_generator, save_weights
 from tests.tiny_world import tiny_config
 

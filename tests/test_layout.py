@@ -38,7 +38,7 @@ def test_reference_modules_are_used_only_by_tests_and_the_benchmark():
   """torch stays optional: only l4f_jax/reference, the converter and the benchmark may import it."""
   root = TESTS.parent
   allowed = {"l4f_jax/system/convert.py", "experiments/benchmark.py",
-             "l4f_jax/system/benchmarking.py"}
+             "l4f_jax/programs/benchmarking.py"}
   offenders = {}
   for p in sorted((root / "l4f_jax").rglob("*.py")) + sorted((root / "experiments").rglob("*.py")):
     rel = str(p.relative_to(root))
@@ -51,22 +51,53 @@ def test_reference_modules_are_used_only_by_tests_and_the_benchmark():
   assert not offenders, f"torch / reference imports outside the allowed modules: {offenders}"
 
 
-def test_layers_only_import_downwards():
-  """ops < models < method < system (and experiments on top); l4f_jax.config and l4f_jax.errors
-  are base utilities any layer may use."""
+PARTS = ["ops", "models", "method", "io", "datasets", "system", "programs"]
+BASE = ("config.py", "errors.py", "__init__.py")
+
+
+def _part_lines() -> dict:
   root = TESTS.parent / "l4f_jax"
-  order = ["ops", "models", "method", "system"]
+  return {part: sum(len(p.read_text().splitlines()) for p in (root / part).rglob("*.py"))
+          for part in PARTS}
+
+
+def test_layers_only_import_downwards():
+  """ops < models < method < io < datasets < system < programs (experiments on top); every part of
+  l4f_jax is in the order, l4f_jax.config and l4f_jax.errors are base utilities any layer may use,
+  and l4f_jax.reference (the PyTorch references) is used only by tests and the benchmark."""
+  root = TESTS.parent / "l4f_jax"
+  found = {p.name for p in root.iterdir() if p.is_dir() and p.name != "__pycache__"}
+  assert found == set(PARTS) | {"reference"}, found
   offenders = {}
-  for i, layer in enumerate(order):
-    above = {f"l4f_jax.{u}" for u in order[i + 1:]}
+  for i, layer in enumerate(PARTS):
+    above = {f"l4f_jax.{u}" for u in PARTS[i + 1:]}
     for p in sorted((root / layer).rglob("*.py")):
       bad = [m for m in _imported_modules(p) if any(m == a or m.startswith(a + ".") for a in above)]
       if bad:
         offenders[str(p.relative_to(root.parent))] = bad
-  for base in ("config.py", "errors.py"):
+  for base in BASE:
     p = root / base
     bad = [m for m in _imported_modules(p) if m.startswith("l4f_jax.") and m not in
            ("l4f_jax.errors", "l4f_jax.config")]
     if bad:
       offenders[f"l4f_jax/{base}"] = bad
   assert not offenders, f"upward imports: {offenders}"
+
+
+def test_programs_do_not_import_programs():
+  """A program imports no other program, except the pipeline, whose job is to run them."""
+  root = TESTS.parent / "l4f_jax" / "programs"
+  offenders = {}
+  for p in sorted(root.glob("*.py")):
+    if p.name in ("pipeline.py", "__init__.py"):
+      continue
+    bad = [m for m in _imported_modules(p) if m.startswith("l4f_jax.programs")]
+    if bad:
+      offenders[p.name] = bad
+  assert not offenders, offenders
+
+
+def test_no_part_holds_more_than_35_percent_of_the_lines():
+  lines = _part_lines()
+  total = sum(lines.values())
+  assert max(lines.values()) <= 0.35 * total, {k: round(v / total, 3) for k, v in lines.items()}

@@ -16,7 +16,7 @@ from l4f_jax import config as C
 from l4f_jax.method.step import L4FConfig
 from l4f_jax.system import loop
 from l4f_jax.errors import UserError
-from l4f_jax.system.train_labels4free import TrainConfig
+from l4f_jax.programs.train_labels4free import TrainConfig
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -215,7 +215,7 @@ def test_tree_is_finite():
 
 
 def test_collapse_watch():
-  from l4f_jax.system.train_labels4free import collapse_guard, collapse_reason
+  from l4f_jax.programs.train_labels4free import collapse_guard, collapse_reason
   ok = {"alpha_mean": 0.4, "alpha_frac_fg": 0.35}
   assert collapse_reason(ok, 0.95) is None
   assert "all foreground" in collapse_reason({"alpha_mean": 0.97, "alpha_frac_fg": 0.9}, 0.95)
@@ -228,7 +228,7 @@ def test_collapse_watch():
 
 
 def test_guard_stops_the_run_like_a_nonfinite_loss(tmp_path):
-  from l4f_jax.system.train_labels4free import collapse_guard
+  from l4f_jax.programs.train_labels4free import collapse_guard
   run = _open(tmp_path / "w")
   try:
     state = {"w": jnp.zeros(()), "step": jnp.zeros((), jnp.int32)}
@@ -246,7 +246,7 @@ def test_guard_stops_the_run_like_a_nonfinite_loss(tmp_path):
 
 
 def test_staged_directories_follow_the_umask(tmp_path):
-  from l4f_jax.system import files
+  from l4f_jax.io import files
   old = os.umask(0o022)
   try:
     tmp = files.staging_dir(str(tmp_path / "out"))

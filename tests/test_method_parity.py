@@ -2,7 +2,7 @@
 
 The torch reference (`l4f_jax/reference/torch_labels4free.official_iteration`) and `train_step` are fed
 identical weights (torch modules, perturbed, converted), latents, noise maps and real images. The
-multi-iteration comparisons run in float64 on both sides (labels4free.md §16: float32 Adam with
+multi-iteration comparisons run in float64 on both sides (float32 Adam with
 beta1 = 0 amplifies rounding), in a subprocess with JAX_ENABLE_X64=1 so that x64 never leaks into
 other test modules. This file is that subprocess's script too (`python tests/test_method_parity.py
 '<json case>'` prints a JSON report).

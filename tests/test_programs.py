@@ -18,9 +18,10 @@ from l4f_jax.config import resolve
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.system import data, training, weights
 from l4f_jax.errors import UserError
-from l4f_jax.system.pairs import PairsConfig, make_pairs
-from l4f_jax.system.segment import SegmentConfig, segment
-from l4f_jax.system.train_student import StudentConfig, load_segmenter, train_and_evaluate
+from l4f_jax.programs.pairs import PairsConfig, make_pairs
+from l4f_jax.programs.segment import SegmentConfig, segment
+from l4f_jax.programs.train_student import StudentConfig, train_and_evaluate
+from l4f_jax.system.weights import load_segmenter
 from tests.tiny_world import make_generator_dir
 
 N = 24
@@ -141,7 +142,7 @@ def test_segment_outputs_at_the_inputs_own_sizes(world, student):
 
 def test_evaluate_scores_a_segmenter_against_exact_masks(world, student):
   from l4f_jax.method.evaluation import mask_metrics
-  from l4f_jax.system.evaluate import EvaluateConfig, evaluate
+  from l4f_jax.programs.evaluate import EvaluateConfig, evaluate
   full, _ = student
   imgs, gts = world["base"] / "ev_images", world["base"] / "ev_masks"
   imgs.mkdir()

@@ -191,7 +191,7 @@ def test_buffers_values():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Alpha network (labels4free.md §4)
+# Alpha network (RameenAbdal/Labels4Free, model_new.py: bg_extractor_repro)
 
 
 def _official_repro_names():

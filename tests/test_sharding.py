@@ -3,7 +3,7 @@ minibatch stddev really groups per device (as the official per-GPU DDP runs did)
 
 The training comparison runs in float64 (jax.enable_x64 inside the test only): Adam with beta1 = 0
 turns float32 reduction-order rounding into parameter differences of up to a few % of lr within
-a few steps (labels4free.md §16; measured here: D params 9e-5 apart at lr 2e-3 after 3 float32
+a few steps (README, parity notes; measured here: D params 9e-5 apart at lr 2e-3 after 3 float32
 iterations, A params < 1e-5), which would hide a real discrepancy at the 1e-5 level.
 """
 import dataclasses

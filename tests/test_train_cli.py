@@ -191,7 +191,7 @@ def test_one_line_errors(uninterrupted, world):
 
 
 # (iter, lr, lambda, psi, devices, use_disc, reproduce, w_bg, phi_bg, sat_weight, model_save_freq)
-PAPER = {  # labels4free.md §9.1 (reproduce) and §9.2 (train your own)
+PAPER = {  # RameenAbdal/Labels4Free README: reproduce and train-your-own settings
     "ffhq": (1200, 2e-4, 1.2, 1.0, 4, False, True, 0.0, 0.75, 1.0, 100),
     "lsun_horse": (500, 2e-4, 3.0, 1.0, 4, False, True, 0.0, 0.75, 1.0, 100),
     "lsun_cat": (900, 2e-4, 3.0, 0.5, 4, False, True, 0.0, 0.75, 1.0, 100),

@@ -4,7 +4,7 @@ Preparation follows rosinality's `prepare_data.py`: convert to RGB, resize the s
 `size` with LANCZOS (longer side `int(size * long / short)`), centre crop `size` x `size` (offsets
 `round((dim - size) / 2)`). Unlike rosinality (JPEG quality 100) images are stored as PNG, so an
 image that is already `size` x `size` RGB round-trips pixel-exact. Files are decoded by the
-project's one decoder, `l4f_jax.system.image_io.read_rgb` (the rules of `experiments.segment`):
+project's one decoder, `l4f_jax.io.image_io.read_rgb` (the rules of `experiments.segment`):
 16-bit and float greyscale are scaled by their depth (Pillow's own `convert('RGB')` clips them to
 all-white or all-black), transparency is composited over white and the EXIF orientation is applied.
 
@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from l4f_jax.system import image_io
+from l4f_jax.io import image_io
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm")

@@ -1,6 +1,6 @@
 """tfds builder of generated (image, soft alpha, hard mask) pairs: the student segmenter's data.
 
-The pairs are generated on the devices by `l4f_jax.system.pairs` and handed to this builder as
+The pairs are generated on the devices by `l4f_jax.programs.pairs` and handed to this builder as
 NumPy chunk files (`manual_dir`, one `part-*.npz` per process and batch); the builder writes them as
 an array_record dataset in index order. Features:
 

@@ -509,7 +509,7 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
   split with other parameters or an incomplete one (never a folder that is not a split).
   """
   import shutil  # pylint: disable=import-outside-toplevel
-  from l4f_jax.system import files  # pylint: disable=import-outside-toplevel
+  from l4f_jax.io import files  # pylint: disable=import-outside-toplevel
   from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   params = _heldout_params(size, n, seed, photo_effects)
   out_dir = os.path.abspath(os.fspath(out_dir))

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import jax.numpy as jnp
 import numpy as np
+from l4f_jax.method import masks
 
 
 def _is_sefa_layer(name: str) -> bool:
@@ -102,7 +103,7 @@ def composite(alpha_edit, edited, background):
   return a * edited + (1 - a) * background
 
 
-def background_pixels(alpha, alpha_edit, threshold: float = 0.9):
+def background_pixels(alpha, alpha_edit, threshold: float = masks.HARD_MASK_THRESHOLD):
   """Pixels that are background in both hard masks (alpha <= threshold in both): bool [B, H, W]."""
   a, e = jnp.asarray(alpha), jnp.asarray(alpha_edit)
   a = a[..., 0] if a.ndim == 4 else a

@@ -1,6 +1,6 @@
 """Foreground/background mask metrics with the official `test_customdata.py` conventions.
 
-Official conventions (labels4free.md §13.1):
+Official conventions (RameenAbdal/Labels4Free, test_customdata.py):
 - GT and prediction PNGs (`*.png`, not recursive) are paired by natural sort order per folder.
 - Each file is read as grey (`PIL convert('LA')`, channel 0) and integer-divided by 255: only
   pixels of exactly 255 are foreground (1); anything else, anti-aliased edges included, is 0.
@@ -18,7 +18,7 @@ Beyond the official script: 'miou' = mean of the UNROUNDED class IoUs, then roun
 'per_image_fg_iou' (mean over images of each image's foreground IoU, same eps, 0 for an image
 with no foreground in GT and prediction); the GT / predicted foreground fractions (unrounded).
 
-Note on labels4free.md §13.2: 'miou' reproduces its mIoU column (e.g. Horse 0.9673, where the
+Note on the official custom_dataset table: 'miou' reproduces its mIoU column (e.g. Horse 0.9673, where the
 official total is (0.9614 + 0.9733) / 2 = 0.96735). One cell differs from the official formula:
 Cats fg F1 is 0.980249936 -> 0.9802 with eps in F1; the table's 0.9803 is 2PR/(P+R) without eps.
 """

@@ -1,4 +1,4 @@
-"""Masks from a trained alpha network (official `test_sample.py`, labels4free.md §12).
+"""Masks from a trained alpha network (official `test_sample.py`, RameenAbdal/Labels4Free test_sample.py).
 
   out = sample_masks(g_params, alpha_params, w_avg, key, n=64, batch=8, generator=G, alpha_net=A)
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import Generator, make_noise
+from l4f_jax.method import masks
 
 _FG, _BG, _BG_SAME_Z = 0, 1, 2  # fold_in streams of a sample's key
 
@@ -36,7 +37,8 @@ def _draw(key, stream: int, generator: Generator):
 @functools.partial(jax.jit, static_argnames=("generator", "alpha_net", "truncation", "threshold",
                                              "independent_bg", "background_mode", "background"))
 def sample_batch(g_params, alpha_params, w_avg, keys, *, generator: Generator,
-                 alpha_net: AlphaNetwork, truncation: float = 0.5, threshold: float = 0.9,
+                 alpha_net: AlphaNetwork, truncation: float = 0.5,
+                 threshold: float = masks.HARD_MASK_THRESHOLD,
                  independent_bg: bool = True, background_mode: str = "auto",
                  background: bool = True) -> dict:
   """One jitted batch: keys [B] (one per sample) -> dict of [B, ...] device arrays (module doc).
@@ -49,7 +51,7 @@ def sample_batch(g_params, alpha_params, w_avg, keys, *, generator: Generator,
                                  truncation_latent=w_avg, noise=noise)
   if not background:
     alpha = alpha_net.apply({"params": alpha_params}, select_features(feats, generator.size))
-    return {"image": image, "alpha": alpha, "hard_mask": alpha[..., 0] > threshold}
+    return {"image": image, "alpha": alpha, "hard_mask": masks.hard_mask(alpha[..., 0], threshold)}
   z_bg, noise_bg = draw(_BG)
   if not independent_bg:
     z_bg, noise_bg = z, draw(_BG_SAME_Z)[1]
@@ -60,13 +62,13 @@ def sample_batch(g_params, alpha_params, w_avg, keys, *, generator: Generator,
     return {"image": image, "background": background}
   alpha = alpha_net.apply({"params": alpha_params}, select_features(feats, generator.size))
   return {"image": image, "background": background, "alpha": alpha,
-          "hard_mask": alpha[..., 0] > threshold,
+          "hard_mask": masks.hard_mask(alpha[..., 0], threshold),
           "composite": alpha * image + (1 - alpha) * background}
 
 
 def sample_masks(g_params, alpha_params, w_avg, key, n: int, batch: int = 8, *,
                  generator: Generator, alpha_net: AlphaNetwork, truncation: float = 0.5,
-                 threshold: float = 0.9, independent_bg: bool = True,
+                 threshold: float = masks.HARD_MASK_THRESHOLD, independent_bg: bool = True,
                  background_mode: str = "auto") -> dict:
   """n samples as numpy arrays: image, background, composite [n, S, S, 3] in [-1, 1] (unclamped),
   alpha [n, S, S, 1] float32, hard_mask [n, S, S] bool (only image and background when

@@ -5,7 +5,7 @@
                          loss_fn=pixel_gradient_loss)
   image, features = synthesize(state.latent, state.noise, g_params, generator=G)
 
-As rosinality's projector (shared/spec/real-images.md): the latent starts at w-bar, as w [B, D] or
+As rosinality's projector (rosinality/stylegan2-pytorch, projector.py): the latent starts at w-bar, as w [B, D] or
 as w+ [B, n_latent, D] (w-bar repeated), every noise map starts as N(0, 1), and both are optimised
 with Adam for `steps` steps. At step i (t = i / steps):
 

@@ -9,6 +9,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from l4f_jax.method import masks
 
 
 def d_logistic_loss(real_pred, fake_pred):
@@ -32,7 +33,7 @@ def r1_penalty(d_fn: Callable, real, *, with_pred: bool = False):
 def alpha_loss(fake_pred, alpha, *, sat_weight: float = 1.0, loss_multiplier: float = 1.2,
                fg_coverage_value: float = 0.25, bg_coverage_wt: float = 0.0,
                bg_coverage_value: float = 0.75):
-  """Loss of the alpha network A (labels4free.md §7).
+  """Loss of the alpha network A (RameenAbdal/Labels4Free, train.py: the A loss of the training loop).
 
   L_A = w_sat * E[softplus(-D(x_c))]
         + lambda * (E_{b,h,w}[min(a, 1-a)] + E_b[relu(phi_fg - mean_hw a_b)])
@@ -52,10 +53,11 @@ def alpha_loss(fake_pred, alpha, *, sat_weight: float = 1.0, loss_multiplier: fl
   return total, terms
 
 
-def alpha_stats(alpha, *, hard_threshold: float = 0.9, low: float = 0.1, high: float = 0.9):
+def alpha_stats(alpha, *, hard_threshold: float = masks.HARD_MASK_THRESHOLD, low: float = 0.1,
+                high: float = 0.9):
   """Collapse/binarization monitors: mean alpha, fraction > hard_threshold (the inference mask rule,
   strict), fraction undecided in (low, high)."""
   a = alpha.astype(jnp.promote_types(alpha.dtype, jnp.float32))
   return {"alpha_mean": jnp.mean(a),
-          "alpha_frac_fg": jnp.mean((a > hard_threshold).astype(a.dtype)),
+          "alpha_frac_fg": jnp.mean(masks.hard_mask(a, hard_threshold).astype(a.dtype)),
           "alpha_frac_mid": jnp.mean(((a > low) & (a < high)).astype(a.dtype))}

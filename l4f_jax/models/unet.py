@@ -35,12 +35,16 @@ batch-32 Adam step at 64 px takes ~0.5-1 s (base_width 8: 113k parameters, ~0.3 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from l4f_jax.config import option
 
 
 def level_widths(base_width: int, depth: int, max_width: int) -> list[int]:
@@ -123,3 +127,17 @@ class UNet(nn.Module):
         x = self._block(x, widths[l], f"dec{l}_{k}")
     logits = nn.Conv(1, (1, 1), dtype=self.dtype, name="head")(x)
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterArch:
+  """The U-Net's architecture (stored in the export's config.json)."""
+  width: int = option(16, "U-Net channels at full resolution (doubled per level up to "
+                      "--max_width).", ge=1)
+  depth: int = option(3, "U-Net downsamplings (input size must be divisible by 2**depth).", ge=1)
+  blocks: int = option(2, "Conv blocks per U-Net level.", ge=1)
+  max_width: int = option(64, "U-Net channel cap.", ge=1)
+
+  def module(self, dtype=None) -> UNet:
+    return UNet(base_width=self.width, depth=self.depth, blocks_per_level=self.blocks,
+                max_width=self.max_width, dtype=dtype)

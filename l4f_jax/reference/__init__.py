@@ -1,4 +1,4 @@
-"""Independent reference implementations, written from the specs (not from this package's code).
+"""Independent reference implementations, written from the upstream code (not from this package's code).
 
   torch_stylegan2     rosinality's StyleGAN2 in plain PyTorch (fused and non-fused modulated conv)
   torch_labels4free   the official Labels4Free alpha network, losses and one training iteration

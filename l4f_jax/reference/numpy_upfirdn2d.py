@@ -1,6 +1,6 @@
 """Literal NumPy transcription of rosinality's ``upfirdn2d_native`` (reference for parity tests).
 
-Algorithm (stylegan2.md §1), per channel independently:
+Algorithm (rosinality/stylegan2-pytorch, op/upfirdn2d.py: upfirdn2d_native), per channel independently:
   1. zero insertion: after every input sample append ``up - 1`` zeros (length H*up);
   2. pad with (p0, p1) on each axis; negative values crop;
   3. true convolution with the kernel (= correlation with the spatially flipped kernel), VALID;

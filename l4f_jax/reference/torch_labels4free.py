@@ -1,4 +1,4 @@
-"""Pure-torch reference of the official Labels4Free method (labels4free.md §2-§8), from the spec.
+"""Pure-torch reference of the official Labels4Free method (RameenAbdal/Labels4Free: model_new.py and train.py), written independently.
 
 Alpha networks with generalised widths, the losses and one explicit-input training iteration
 (D step, lazy R1 with the official quirk term, A step) including a DDP emulation for n_devices > 1.

@@ -1,4 +1,4 @@
-"""Pure-torch reference of rosinality's StyleGAN2 (stylegan2.md), written from the spec.
+"""Pure-torch reference of rosinality's StyleGAN2 (rosinality/stylegan2-pytorch, model.py), written independently.
 
 CPU only, no custom ops; works in float32 and float64 (``module.double()``). State-dict keys and
 shapes are exactly rosinality's. Extras beyond rosinality (``channel_base``, ``channel_max``,
@@ -504,7 +504,7 @@ class Discriminator(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Training losses and optimisers (stylegan2.md §12; rosinality train.py)
+# Training losses and optimisers (rosinality/stylegan2-pytorch, train.py)
 
 
 def d_logistic_loss(real_pred, fake_pred):

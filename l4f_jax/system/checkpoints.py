@@ -17,12 +17,10 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one training run's directory."""
 
-  def __init__(self, directory: str, keep: int = 2, save_every: Optional[int] = None):
+  def __init__(self, directory: str, keep: Optional[int] = 2):
     self.directory = os.path.abspath(directory)
     self._mngr = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             save_interval_steps=save_every or 1))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
@@ -30,10 +28,10 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._mngr.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-    """Start an asynchronous save (returns at once); `force` ignores the save interval."""
+  def save(self, step: int, state: Any, meta: dict) -> bool:
+    """Start an asynchronous save of `step` (returns at once); the caller decides when to save."""
     return self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         meta=ocp.args.JsonSave(meta)), force=force)
+                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, target: Any, step: Optional[int] = None) -> tuple[int, Any, dict]:
     """Restore `step` (default latest) into the structure, dtypes and shardings of `target`."""

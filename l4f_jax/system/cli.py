@@ -18,6 +18,7 @@ import functools
 from absl import flags
 
 from l4f_jax import errors
+from l4f_jax.config import ParseOnly
 from l4f_jax.system import interrupts
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "After an error's line, print its detail (e.g. the "
@@ -54,12 +55,16 @@ def main(prog: str):
     @errors.cli_main(prog, verbose=lambda: _VERBOSE.value)
     @functools.wraps(fn)
     def inner(argv):  # pylint: disable=missing-docstring
-      from l4f_jax.system import files, metrics_log  # pylint: disable=import-outside-toplevel
+      from l4f_jax.io import files  # pylint: disable=import-outside-toplevel
+      from l4f_jax.system import metrics_log  # pylint: disable=import-outside-toplevel
       interrupts.install()
       interrupts.enter_main(prog)
       metrics_log.quiet_library_logs()
       try:
         return fn(argv)
+      except ParseOnly:
+        print(f"{prog}: the flags parse")
+        return None
       except files.Interrupted as e:
         errors.fail(prog, str(e), code=130)
       except KeyboardInterrupt:

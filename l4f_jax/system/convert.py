@@ -5,7 +5,7 @@ and unexpected keys raise a `UserError` with one line naming the key. Known buff
 upsample kernels) are ignored; the generator's stored noise buffers are returned separately.
 torch is imported lazily, inside `load_torch_checkpoint` only: the JAX side never needs it.
 
-Layout changes (stylegan2.md §8): linear [o, i] -> [i, o]; conv [o, i, k, k] -> HWIO; modulated
+Layout changes (rosinality/stylegan2-pytorch, convert_weight.py and model.py): linear [o, i] -> [i, o]; conv [o, i, k, k] -> HWIO; modulated
 conv [1, o, i, k, k] -> [k, k, i, o]; ToRGB bias [1, 3, 1, 1] -> [3]; constant [1, C, 4, 4] ->
 [1, 4, 4, C]; noise buffer [1, 1, r, r] -> [1, r, r, 1]. Equalized-LR scales stay at runtime.
 """
@@ -21,7 +21,8 @@ import numpy as np
 from l4f_jax.models.alpha import alpha_levels, merge_names
 from l4f_jax.models.stylegan2 import channel_table, noise_shapes, num_layers
 from l4f_jax import errors
-from l4f_jax.system import files, weights
+from l4f_jax.io import files
+from l4f_jax.system import weights
 from l4f_jax.errors import UserError
 
 ALLOW_PICKLE_HINT = "rerun with --allow_pickle (only for files you trust: it can execute code)"

@@ -3,7 +3,7 @@ generator and discriminator, the FLOPs of one Labels4Free iteration, and acceler
 
 The counts are 2 x the multiply-accumulates of the convolutions and linears (blurs, noise and
 activations are left out); backward = 2 x forward. For config-f at 256 and 1024 px the generator
-count equals the published constants (stylegan2.md §10), which `tests/test_benchmark.py` checks.
+count equals the published constants (the StyleGAN2 paper's config-f cost figures), which `tests/test_benchmark.py` checks.
 """
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def set_note(text: str) -> None:
 
 def _exit_now(signame: str) -> None:
   """Removes the live staging folders that cannot be resumed, prints the line, exits 130."""
-  from l4f_jax.system import files  # pylint: disable=import-outside-toplevel
+  from l4f_jax.io import files  # pylint: disable=import-outside-toplevel
   removed, kept = files.abandon_staging()
   if not _State.in_main:
     errors.fail(_prog(), f"stopped by {signame} while starting; nothing was written", code=130)

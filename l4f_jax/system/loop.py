@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from l4f_jax.system import interrupts, metrics_log
-from l4f_jax.system.files import Interrupted, check_disjoint, check_writable_dir
+from l4f_jax.io.files import Interrupted, check_disjoint, check_writable_dir
 from l4f_jax.system.checkpoints import Checkpointer
 from l4f_jax.errors import UserError
 
@@ -90,7 +90,7 @@ class Run:
     return state, step
 
   def save(self, step: int, state) -> None:
-    self.ckpt.save(step, state, self.meta(step=step), force=True)
+    self.ckpt.save(step, state, self.meta(step=step))
 
   def close(self) -> None:
     try:

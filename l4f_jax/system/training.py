@@ -26,8 +26,6 @@ from l4f_jax.system import sharding
 
 STREAMS = {"alpha_init": 0, "d_init": 1, "w_avg": 2, "grid": 3, "train": 4, "eval": 5, "pairs": 6,
            "student_init": 7, "student_grid": 8, "invert": 9, "edit": 10}
-# Run properties a checkpoint cannot be resumed across (see `incompatibilities`).
-RUN_KEYS = ("generator", "size", "batch", "devices")
 
 
 def stream_key(seed: int, name: str):
@@ -91,8 +89,3 @@ def make_train_step(models: step_lib.Models, cfg: step_lib.L4FConfig, mesh, *, g
     return sharded(state, g_params, w_avg, real, inputs)
 
   return jax.jit(fn, donate_argnums=0)
-
-
-def incompatibilities(stored: dict, current: dict) -> dict:
-  """{key: (stored, current)} for the RUN_KEYS that differ between two run descriptions."""
-  return {k: (stored.get(k), current.get(k)) for k in RUN_KEYS if stored.get(k) != current.get(k)}

@@ -46,7 +46,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from l4f_jax.models.stylegan2 import Discriminator, Generator, channel_table
-from l4f_jax.system import files
+from l4f_jax.models.unet import SegmenterArch, UNet
+from l4f_jax.io import files
 from l4f_jax.errors import UserError, environment_error
 
 FORMAT = "l4f_jax.weights"
@@ -464,3 +465,40 @@ def load_alpha(path: str, gen: LoadedGenerator, flag: str = "--alpha"):
       raise WeightsError(f"{flag}={path} was trained on a generator with other {what} than "
                          f"{gen.path}; pass the alpha network trained on this generator")
   return trees["alpha"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The student segmenter's export (written by experiments.train_student, read for inference).
+
+SEGMENTER_KIND = "student_segmenter"
+SEGMENTER_HINT = "train one with python -m experiments.train_student"
+
+
+def is_segmenter(path: str) -> bool:
+  try:
+    return read_config(path).get("kind") == SEGMENTER_KIND
+  except UserError:
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmenter:
+  """A loaded segmenter export: module, params, input size and hard-mask threshold."""
+  path: str
+  module: UNet
+  params: Any
+  size: int
+  threshold: float
+
+
+def load_segmenter(path: str, flag: str = "--segmenter") -> Segmenter:
+  try:
+    config, trees = load_weights(path, SEGMENTER_HINT)
+  except UserError as e:
+    raise with_flag(e, flag, path) from None
+  if config.get("kind") != SEGMENTER_KIND or "segmenter" not in trees:
+    raise WeightsError(f"{flag}={path} is not a segmenter export (kind {config.get('kind')!r}); "
+                       f"{SEGMENTER_HINT}")
+  arch = SegmenterArch(**config["arch"])
+  return Segmenter(path=path, module=arch.module(), params=trees["segmenter"],
+                   size=int(config["size"]), threshold=float(config.get("threshold", 0.5)))

@@ -1,11 +1,11 @@
 """Labels4Free training as a library program: `train_and_evaluate(config)`.
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.train_labels4free import TrainConfig, train_and_evaluate
+  from l4f_jax.programs.train_labels4free import TrainConfig, train_and_evaluate
   result = train_and_evaluate(resolve(TrainConfig, workdir="/tmp/run", iter=20, batch=2))
 
 `experiments.train` is its CLI (flags derived from TrainConfig). The program mirrors the official
-train.py (labels4free.md §8, §10): iterations i = 0 .. iter (iter + 1 in all); `batch` is PER DEVICE
+train.py (RameenAbdal/Labels4Free train.py: the loop and its argparse defaults): iterations i = 0 .. iter (iter + 1 in all); `batch` is PER DEVICE
 and the global batch is batch x devices; each device runs D's minibatch stddev (groups of
 min(batch, 4)) and the R1 quirk term on its own rows; `emulate_devices=E` lets fewer devices
 reproduce an E-device run exactly.
@@ -30,15 +30,16 @@ import jax
 from absl import logging
 
 from l4f_jax.config import option, to_dict
-from l4f_jax.method import inference
+from l4f_jax.method import inference, masks
 from l4f_jax.method import step as step_lib
 from l4f_jax.models.alpha import AlphaNetwork
 from l4f_jax.system import data as data_lib
-from l4f_jax.system import images, loop, metrics_log, sharding, training, weights
+from l4f_jax.io import files, images
+from l4f_jax.system import loop, metrics_log, sharding, training, weights
 from l4f_jax.errors import UserError
 
 CONVERT_CMD = "python -m experiments.convert --src=<stylegan2 .pt> --dst=<dir>"
-SAMPLE_PSI, THRESHOLD = 0.5, 0.9  # official sampling / inference (test_sample.py)
+SAMPLE_PSI, THRESHOLD = 0.5, masks.HARD_MASK_THRESHOLD  # official sampling (test_sample.py)
 SAMPLE_BATCH, GRID_COLS, EVAL_GRID = 8, 8, 16
 RESUME_KEYS = ("generator_fingerprint", "size", "batch", "devices")
 
@@ -198,7 +199,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
   if cfg.use_disc and "d" not in gen.trees:
     raise UserError(f"--use_disc: --generator={cfg.generator} holds no discriminator 'd'; convert "
                     f"a checkpoint that has one ({CONVERT_CMD}) or drop --use_disc")
-  loop.check_writable_dir(cfg.workdir, "--workdir")
+  files.check_writable_dir(cfg.workdir, "--workdir")
   loader = _open_data(cfg, size, global_batch, devices)
   models = step_lib.Models(generator=gen.module, alpha=AlphaNetwork(size),
                            discriminator=gen.discriminator())

@@ -1,7 +1,7 @@
 """Real images through G: masks by GAN inversion (`experiments.invert`).
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.invert import InvertConfig, invert
+  from l4f_jax.programs.invert import InvertConfig, invert
   summary = invert(resolve(InvertConfig, generator=G_DIR, alpha=A_DIR, images="photos/", out="inv"))
 
 Each input (decoded by `image_io.read_rgb`, resized to G's size by `image_io.to_model_input`) is
@@ -40,10 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from l4f_jax.config import nested, option, to_dict
-from l4f_jax.method import inversion
+from l4f_jax.method import inversion, masks
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import N_MEAN_LATENT
-from l4f_jax.system import files, image_io, images, metrics_log, sharding, training
+from l4f_jax.io import files, image_io, images
+from l4f_jax.system import metrics_log, sharding, training
 from l4f_jax.errors import UserError
 from l4f_jax.system.weights import LoadedGenerator, fingerprint, load_alpha, load_generator
 
@@ -66,7 +67,8 @@ class InvertConfig:
   loss: str = option("pixel", "Image loss: pixel = squared error of pixels and image gradients on "
                      "a pyramid; d_features = LPIPS-like distance of the generator directory's "
                      "discriminator features + pixel; mse = plain pixel MSE.", choices=LOSSES)
-  threshold: float = option(0.9, "Hard mask = alpha > threshold (official rule).", ge=0, lt=1)
+  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold (official rule).",
+                            ge=0, lt=1)
   batch: int = option(16, "Images per device per program.", ge=1)
   seed: int = option(0, "Seed of w-bar / sigma_w and of the per-image noise and jitter draws.")
   sheet_items: int = option(16, "Inputs shown in grid.png (0 = none).", ge=0)
@@ -152,7 +154,7 @@ def invert_arrays(gen: LoadedGenerator, alpha_params, x: np.ndarray, cfg: Invert
 def _write_one(tmp: str, stem: str, rgb, out: dict, k: int, threshold: float) -> None:
   a_hw = image_io.alpha_to_original(out["alpha"][k], rgb.shape[:2])
   images.save_png(os.path.join(tmp, "masks", f"{stem}.png"),
-                  np.where(a_hw > threshold, 255, 0).astype(np.uint8))
+                  np.where(masks.hard_mask(a_hw, threshold), 255, 0).astype(np.uint8))
   images.save_png(os.path.join(tmp, "alpha", f"{stem}.png"), a_hw)
   images.save_png(os.path.join(tmp, "recon", f"{stem}.png"), out["recon"][k])
   np.save(os.path.join(tmp, "latents", f"{stem}.npy"), out["latent"][k].astype(np.float32))
@@ -168,7 +170,7 @@ def _resumed_row(tmp: str, path: str, stem: str, size: int, threshold: float, ma
     recon = np.asarray(r.convert("RGB"), np.float32) / 127.5 - 1.0
   with Image.open(os.path.join(tmp, "alpha", f"{stem}.png")) as a:
     alpha = image_io.alpha_to_original(np.asarray(a, np.float32) / 255.0, (size, size))[..., None]
-  return x, recon, alpha, alpha > threshold
+  return x, recon, alpha, masks.hard_mask(alpha, threshold)
 
 
 def invert(cfg: InvertConfig) -> dict:
@@ -228,7 +230,8 @@ def invert(cfg: InvertConfig) -> dict:
         psnrs[stem] = round(float(res["psnr"][j]), 3)
         entries.append({"file": os.path.abspath(path), "psnr": psnrs[stem]})
         if k < cfg.sheet_items:
-          rows[k] = (x[j], res["recon"][j], res["alpha"][j], res["alpha"][j] > cfg.threshold)
+          a = res["alpha"][j]
+          rows[k] = (x[j], res["recon"][j], a, masks.hard_mask(a, cfg.threshold))
       entries += [{"file": os.path.abspath(e["file"]), "skipped": e["reason"]} for e in skipped
                   if os.path.abspath(e["file"]) not in finished]
       st.record(entries)

@@ -1,8 +1,8 @@
 """Sampling a converted generator to pictures: image grids, G_bg grids and, with an alpha network,
-the official test_sample.py outputs (labels4free.md §12).
+the official test_sample.py outputs (RameenAbdal/Labels4Free, test_sample.py).
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.sampling import SampleConfig, sample
+  from l4f_jax.programs.sampling import SampleConfig, sample
   paths = sample(resolve(SampleConfig, generator="weights/ffhq", out="/tmp/samples", n=4))
 
 `experiments/sample.py` is its CLI (flags derived from SampleConfig), whose docstring lists the
@@ -21,9 +21,10 @@ import jax
 import numpy as np
 
 from l4f_jax.config import option
-from l4f_jax.method import inference
+from l4f_jax.method import inference, masks
 from l4f_jax.models.alpha import AlphaNetwork
-from l4f_jax.system import files, images, loop, training, weights
+from l4f_jax.io import files, images
+from l4f_jax.system import training, weights
 from l4f_jax.errors import UserError
 
 # Every file `sample` writes: the grids and the per-sample PNGs of the alpha outputs.
@@ -45,7 +46,7 @@ class SampleConfig:
   background_mode: str = option("auto", "G_bg variant: auto = official (input at 512 px, else "
                                 "conv1).", choices=("auto", "conv1", "input"))
   alpha: Optional[str] = option(None, "Weight directory with a trained alpha network.")
-  threshold: float = option(0.9, "Hard mask = alpha > threshold.", ge=0, le=1)
+  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold.", ge=0, le=1)
   batch: int = option(8, "Samples per jitted call.", ge=1)
   use_latent_avg: bool = option(False, "Use the checkpoint's latent_avg instead of the 4096-z "
                                 "mean.")
@@ -59,7 +60,7 @@ def _rows(x, ncols: int) -> list:
 def check_out(out: str, overwrite: bool) -> str:
   """The absolute --out after refusing a file, an unwritable place, or an existing non-empty
   folder (without `overwrite`, or with it when the folder holds anything but sample pictures)."""
-  loop.check_writable_dir(out, "--out")
+  files.check_writable_dir(out, "--out")
   out = os.path.abspath(out)
   parent = os.path.dirname(out)
   if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):

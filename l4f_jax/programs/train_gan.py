@@ -21,7 +21,8 @@ from l4f_jax.config import option, to_dict
 from l4f_jax.method import gan
 from l4f_jax.models.stylegan2 import Discriminator, Generator, make_noise
 from l4f_jax.system import data as data_lib
-from l4f_jax.system import files, images, loop, sharding, training, weights
+from l4f_jax.io import files, images
+from l4f_jax.system import loop, sharding, training, weights
 from l4f_jax.errors import UserError
 
 ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")
@@ -62,9 +63,9 @@ def train_and_evaluate(cfg: GANRunConfig) -> dict:
     if os.path.lexists(cfg.export) and not cfg.overwrite:
       raise UserError(f"--export={cfg.export} already exists; choose a new directory or pass "
                       "--overwrite")
-    loop.check_writable_dir(cfg.export, "--export")
+    files.check_writable_dir(cfg.export, "--export")
     files.check_disjoint(cfg.export, [("--dataset", cfg.dataset)], "--export")
-  loop.check_writable_dir(cfg.workdir, "--workdir")
+  files.check_writable_dir(cfg.workdir, "--workdir")
   mesh = sharding.make_mesh(cfg.num_devices)
   n_dev = mesh.devices.size
   if cfg.batch % n_dev:

@@ -1,23 +1,23 @@
 """Raw images in, masks out: a trained student segmenter over any folder or list of images.
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.segment import SegmentConfig, segment
+  from l4f_jax.programs.segment import SegmentConfig, segment
   summary = segment(resolve(SegmentConfig, segmenter=DIR, images="photos/", out="masks_out"))
 
 `experiments.segment` is its CLI. Per input (decoded by `image_io.read_rgb`: greyscale, RGBA,
 palette, 16-bit, float and CMYK inputs are converted; EXIF orientation applied), the whole image is
 resized to the segmenter's size, segmented, and the soft mask resized back to the input's own size:
 
-  <out>/masks/<stem>.png    0 = background, 255 = foreground (alpha >= the export's threshold)
+  <out>/masks/<stem>.png    0 = background, 255 = foreground (alpha > the export's threshold)
   <out>/alpha/<stem>.png    the soft mask, round(255 alpha)
   <out>/cutout/<stem>.png   RGBA: the input with alpha = the soft mask
   <out>/contact_sheet.png   image / soft mask / cut-out of the first inputs
   <out>/segment.json        counts, the skipped files and why, the settings
 
-Batches run as one jitted program sharded over all local devices; a batch is also cut short once
-its inputs hold `image_io.PIXEL_BUDGET` pixels, and the contact sheet keeps thumbnails, so memory does not
-grow with the photos' size or number. Unreadable files, and images over --max_pixels, are skipped,
-named, and counted. A non-finite prediction stops the run with one line.
+Predictions come from `system.segmentation` (batches sharded over all local devices, memory
+bounded by a pixel budget); the contact sheet keeps thumbnails, so memory does not grow with the
+photos' size or number either. Unreadable files, and images over --max_pixels, are skipped, named,
+and counted. A non-finite prediction stops the run with one line.
 
 The outputs are written into a staging folder next to `out` and renamed into place at the end
 (`files.staged`). `--out` may not be, hold or lie inside an input; an existing `out` is replaced
@@ -28,18 +28,15 @@ inputs, segmenter and settings) resumes from it; another command removes it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Optional
 
-import jax
 import numpy as np
 
 from l4f_jax.config import option
-from l4f_jax.method import student as student_lib
-from l4f_jax.system import files, image_io, metrics_log, sharding, weights
+from l4f_jax.io import files, image_io
+from l4f_jax.system import metrics_log, segmentation, weights
 from l4f_jax.errors import UserError
-from l4f_jax.system.train_student import Segmenter, load_segmenter
 
 SUMMARY = "segment.json"
 OUTPUTS = ("masks", "alpha", "cutout", "contact_sheet.png", SUMMARY)
@@ -54,34 +51,12 @@ class SegmentConfig:
   out: str = option("", "Output directory (masks/, alpha/, cutout/, contact_sheet.png).",
                     nonempty=True)
   overwrite: bool = option(False, "Replace an existing non-empty --out.")
-  threshold: Optional[float] = option(None, "Hard mask = alpha >= threshold (default: the "
+  threshold: Optional[float] = option(None, "Hard mask = alpha > threshold (default: the "
                                       "export's).", ge=0, le=1)
   batch: int = option(16, "Images per device per step.", ge=1)
   sheet_items: int = option(64, "Inputs shown on the contact sheet (0 = none).", ge=0)
   max_pixels: int = option(image_io.MAX_PIXELS, "Larger images are skipped (named in "
                            "segment.json) before they are decoded.", ge=1)
-
-
-def predictor(seg: Segmenter, mesh):
-  """fn(images float32 [N, S, S, 3] in [-1, 1], N a multiple of the mesh size) -> alpha
-  [N, S, S, 1] as NumPy, sharded over the mesh's devices."""
-  params = sharding.replicate(seg.params, mesh)
-  fn = jax.jit(functools.partial(student_lib.predict_alpha, model=seg.module))
-  shd = jax.sharding.NamedSharding(mesh, sharding.SHARDED)
-  return lambda x: np.asarray(jax.device_get(fn(params, jax.device_put(x, shd))))
-
-
-def predict_arrays(seg: Segmenter, images: np.ndarray, batch: int = 16, mesh=None) -> np.ndarray:
-  """Soft masks of model-size images [N, S, S, 3] in [-1, 1] -> [N, S, S, 1] (padded batches)."""
-  mesh = mesh or sharding.make_mesh(len(jax.local_devices()))
-  step = batch * mesh.devices.size
-  run = predictor(seg, mesh)
-  out = []
-  for s in range(0, len(images), step):
-    x = images[s:s + step]
-    pad = step - len(x)
-    out.append(run(np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]))[:len(x)])
-  return np.concatenate(out)
 
 
 def _resumed_cells(tmp: str, path: str, stem: str, max_pixels: int):
@@ -99,13 +74,10 @@ def segment(cfg: SegmentConfig) -> dict:
   paths = image_io.list_inputs(cfg.images)
   if not paths:
     raise UserError(f"--images={cfg.images}: no images found")
-  seg = load_segmenter(cfg.segmenter)
+  seg = weights.load_segmenter(cfg.segmenter)
   threshold = seg.threshold if cfg.threshold is None else cfg.threshold
   root = cfg.images if os.path.isdir(cfg.images) else None
   stems = image_io.output_stems(paths, root)
-  mesh = sharding.make_mesh(len(jax.local_devices()))
-  step = cfg.batch * mesh.devices.size
-  run = predictor(seg, mesh)
   settings = {"segmenter": weights.fingerprint(seg.params), "threshold": threshold,
               "max_pixels": cfg.max_pixels, "inputs": image_io.input_signature(paths, stems)}
   skipped, cells, done = [], {}, 0
@@ -125,15 +97,8 @@ def segment(cfg: SegmentConfig) -> dict:
           cells[k] = _resumed_cells(tmp, path, stems[k], cfg.max_pixels)
     todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
             if os.path.abspath(p) not in finished]
-    for chunk in image_io.read_batches(todo, step, cfg.max_pixels, skipped):
-      x = np.stack([image_io.to_model_input(c[3], seg.size) for c in chunk])
-      x = np.concatenate([x, np.zeros((step - len(x),) + x.shape[1:], x.dtype)])
-      alpha = run(x)[:len(chunk), ..., 0]
-      if not np.all(np.isfinite(alpha)):
-        raise UserError(f"--segmenter={cfg.segmenter} predicted non-finite masks (for "
-                        f"{chunk[0][1]}); retrain it, nothing was written")
-      for (k, path, stem, rgb), a in zip(chunk, alpha):
-        a_hw = image_io.alpha_to_original(a, rgb.shape[:2])
+    for chunk in segmentation.predictions(seg, todo, cfg.batch, cfg.max_pixels, skipped):
+      for k, path, stem, rgb, a_hw in chunk:
         image_io.write_segmentation(tmp, stem, rgb, a_hw, threshold)
         if k < cfg.sheet_items:
           cells[k] = image_io.contact_sheet_cells(rgb, a_hw)

@@ -26,13 +26,12 @@ import json
 import os
 import time
 
-import numpy as np
-
 from l4f_jax.config import nested, option, to_dict
 from l4f_jax.errors import UserError
-from l4f_jax.method import evaluation
-from l4f_jax.system import augment, image_io, images, metrics_log, pairs, segment
-from l4f_jax.system import train_labels4free, train_student
+from l4f_jax.system import augment, metrics_log, weights
+from l4f_jax.programs import evaluate, pairs, segment
+from l4f_jax.programs import train_labels4free, train_student
+from l4f_jax.method import masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +47,8 @@ class PipelineConfig:
   student_width: int = option(16, "Student U-Net width.", ge=1)
   student_depth: int = option(3, "Student U-Net downsamplings.", ge=1)
   student_max_width: int = option(64, "Student U-Net channel cap.", ge=1)
-  student_threshold: float = option(0.9, "Student hard mask = alpha >= threshold (0.9: the "
-                                    "official rule).", ge=0, le=1)
+  student_threshold: float = option(masks.HARD_MASK_THRESHOLD, "Student hard mask = alpha > "
+                                    "threshold (0.9: the official rule).", ge=0, le=1)
   augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
   real_test: str = option("workspace/datasets/l4f_shapes_real_test", "Held-out real test split "
                           "of the built-in world (images/ + masks/; built if missing); empty = "
@@ -81,7 +80,6 @@ def _student_config(cfg: PipelineConfig, workdir: str) -> train_student.StudentC
 def _reuse_pairs(pc: pairs.PairsConfig) -> bool:
   """True if <workdir>/pairs holds a finished dataset made with the same settings from the same
   alpha network (content fingerprints), so a re-run need not regenerate it."""
-  from l4f_jax.system import weights  # pylint: disable=import-outside-toplevel
   try:
     with open(os.path.join(pc.out, pairs.SUMMARY)) as f:
       stored = json.load(f)
@@ -128,12 +126,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
   t = time.perf_counter()
   student_eval = None
   if real:
-    student_eval = score_segmenter(sc.export, os.path.join(real, "images"),
-                                   os.path.join(real, "masks"), os.path.join(workdir, "real_test"),
-                                   errors_png=os.path.join(workdir, "real_test_errors.png"))
+    seg_out = os.path.join(workdir, "real_test")
+    summary = segment.segment(segment.SegmentConfig(
+        segmenter=sc.export, images=os.path.join(real, "images"), out=seg_out, overwrite=True))
+    student_eval = evaluate.score_masks(os.path.join(real, "images"), os.path.join(real, "masks"),
+                                        seg_out, os.path.join(workdir, "real_test_errors.png"))
+    student_eval.update(segmented=summary["segmented"], skipped=summary["skipped"],
+                        threshold=summary["threshold"], segmenter=sc.export)
   timing["segment_and_score_s"] = round(time.perf_counter() - t, 1)
   timing["total_s"] = round(time.perf_counter() - t0, 1)
-  result = {"labels4free": l4f_out["eval"], "student": student_eval, "real_test": real,
+  result = {"labels4free": l4f_out["eval"], "student": student_eval, "real_test": cfg.real_test,
             "timing": timing}
   metrics_log.write_json(os.path.join(workdir, "eval.json"), result)
   fg = lambda r: f"{r['foreground']['iou']:.4f}" if r else "not scored"
@@ -145,37 +147,4 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
 
 def _generator_size(l4f) -> int:
-  from l4f_jax.system import weights  # pylint: disable=import-outside-toplevel
   return int(weights.read_config(l4f.generator)["size"])
-
-
-def score_segmenter(segmenter: str, images_dir: str, gt_dir: str, out: str,
-                    errors_png: str = "", threshold=None) -> dict:
-  """Segments `images_dir` into `out` (replaced) and scores <out>/masks against the exact masks in
-  `gt_dir` (paired by stem, official metrics); with `errors_png`, a grid of image / mask / exact
-  mask / FP (yellow) and FN (cyan) overlay of the first inputs. Returns the metrics plus
-  'segmented', 'skipped' and 'threshold'."""
-  summary = segment.segment(segment.SegmentConfig(segmenter=segmenter, images=images_dir, out=out,
-                                                  overwrite=True, threshold=threshold))
-  result = evaluation.evaluate_prediction_folder(gt_dir, os.path.join(out, "masks"))
-  result.update(segmented=summary["segmented"], skipped=summary["skipped"],
-                threshold=summary["threshold"], segmenter=os.path.abspath(segmenter))
-  if errors_png:
-    _error_pictures(images_dir, gt_dir, out, errors_png)
-  return result
-
-
-def _error_pictures(images_dir: str, gt_dir: str, seg_out: str, path: str, n: int = 16) -> None:
-  names = sorted(os.listdir(os.path.join(seg_out, "masks")), key=evaluation.natural_key)[:n]
-  stems = [os.path.splitext(f)[0] for f in names]
-  find = lambda d, s: next(os.path.join(d, f) for f in os.listdir(d)
-                           if os.path.splitext(f)[0] == s)
-  load = lambda d, s: image_io.read_rgb(find(d, s))
-  img = [load(images_dir, s) for s in stems]
-  if len({x.shape for x in img}) != 1:
-    return  # inputs of several sizes: no grid
-  gt = np.stack([load(gt_dir, s)[..., 0] > 127 for s in stems])
-  pred = np.stack([load(os.path.join(seg_out, "masks"), s)[..., 0] > 127 for s in stems])
-  img = np.stack(img)
-  images.save_grid(path, {"image": img, "mask": pred, "exact mask": gt,
-                          "errors (FP yellow, FN cyan)": evaluation.error_overlay(img, pred, gt)})

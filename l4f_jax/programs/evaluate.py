@@ -1,7 +1,7 @@
 """Scoring Labels4Free masks as a library program: `evaluate(config) -> metrics dict`.
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.evaluate import EvaluateConfig, evaluate
+  from l4f_jax.programs.evaluate import EvaluateConfig, evaluate
   metrics = evaluate(resolve(EvaluateConfig, masks="tests/data/l4f_custom_masks"))
 
 Four sources of masks (exactly one per run):
@@ -32,7 +32,8 @@ import os
 from typing import Callable, Optional
 
 from l4f_jax.config import option
-from l4f_jax.system import files
+from l4f_jax.method import masks
+from l4f_jax.io import files
 from l4f_jax.errors import UserError
 
 
@@ -52,7 +53,8 @@ class EvaluateConfig:
   seed: int = option(0, "Sample i is drawn from fold_in(key(seed), i); w_avg from the seed's "
                      "'w_avg' stream (as training).")
   truncation: float = option(0.5, "Foreground psi (official test_sample: 0.5).", gt=0)
-  threshold: float = option(0.9, "Hard mask = alpha > threshold (official --th).", ge=0, le=1)
+  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold (official --th).",
+                            ge=0, le=1)
   oracle: str = option("shapes", "Ground truth for generated samples.", choices=("shapes",))
   gt_dir: Optional[str] = option(None, "Folder of ground-truth PNG masks.")
   pred_dir: Optional[str] = option(None, "Folder of predicted PNG masks (paired by natural sort).")
@@ -176,7 +178,8 @@ def evaluate_generated(cfg: EvaluateConfig, out_dir: Optional[str] = None) -> di
   from l4f_jax.datasets.shapes import oracle_mask
   from l4f_jax.method import evaluation, inference
   from l4f_jax.models.alpha import AlphaNetwork
-  from l4f_jax.system import images, training, weights
+  from l4f_jax.io import images
+  from l4f_jax.system import training, weights
 
   gen = weights.load_generator(cfg.generator)
   a_params = weights.load_alpha(cfg.alpha, gen)
@@ -208,7 +211,6 @@ def evaluate_generated(cfg: EvaluateConfig, out_dir: Optional[str] = None) -> di
 def evaluate_segmenter(cfg: EvaluateConfig, out_dir: str) -> dict:
   """Segments the images (into <out>/segment) and scores the masks against the exact ones, paired
   by stem; FP (yellow) / FN (cyan) pictures in <out>/errors.png."""
-  from l4f_jax.system.pipeline import score_segmenter  # pylint: disable=import-outside-toplevel
   images = cfg.images or os.path.join(REAL_TEST, "images")
   gt = cfg.gt_masks or os.path.join(REAL_TEST, "masks")
   result = score_segmenter(cfg.segmenter, images, gt, os.path.join(out_dir, "segment"),
@@ -241,3 +243,57 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
   log(evaluation.format_table(result))
   log(f"wrote {os.path.join(out, SUMMARY)}")
   return result
+
+
+def score_masks(images_dir: str, gt_dir: str, seg_out: str, errors_png: str = "") -> dict:
+  """Scores <seg_out>/masks (a segmentation's 0/255 masks) against the exact masks in `gt_dir`
+  (paired by stem, `evaluation.evaluate_prediction_folder`); with `errors_png`, a grid of image /
+  mask / exact mask / FP (yellow) and FN (cyan) overlay of the first inputs."""
+  from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
+  result = evaluation.evaluate_prediction_folder(gt_dir, os.path.join(seg_out, "masks"))
+  if errors_png:
+    _error_pictures(images_dir, gt_dir, seg_out, errors_png)
+  return result
+
+
+def score_segmenter(segmenter: str, images_dir: str, gt_dir: str, out: str,
+                    errors_png: str = "", threshold=None) -> dict:
+  """Segments `images_dir` into the folder `out` (masks/, alpha/, cutout/ as experiments.segment
+  writes them, through `system.segmentation`) and scores the masks (`score_masks`). Returns the
+  metrics plus 'segmented', 'skipped' and 'threshold'."""
+  # pylint: disable=import-outside-toplevel
+  from l4f_jax.io import image_io
+  from l4f_jax.system import segmentation, weights
+  seg = weights.load_segmenter(segmenter)
+  threshold = seg.threshold if threshold is None else threshold
+  paths = image_io.list_inputs(images_dir)
+  stems = image_io.output_stems(paths, images_dir)
+  skipped, done = [], 0
+  for chunk in segmentation.predictions(seg, list(zip(range(len(paths)), paths, stems)), 16,
+                                        image_io.MAX_PIXELS, skipped):
+    for _, _, stem, rgb, alpha in chunk:
+      image_io.write_segmentation(out, stem, rgb, alpha, threshold)
+    done += len(chunk)
+  result = score_masks(images_dir, gt_dir, out, errors_png)
+  result.update(segmented=done, skipped=len(skipped), threshold=threshold,
+                segmenter=os.path.abspath(segmenter))
+  return result
+
+
+def _error_pictures(images_dir: str, gt_dir: str, seg_out: str, path: str, n: int = 16) -> None:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
+  names = sorted(os.listdir(os.path.join(seg_out, "masks")), key=evaluation.natural_key)[:n]
+  stems = [os.path.splitext(f)[0] for f in names]
+  find = lambda d, s: next(os.path.join(d, f) for f in os.listdir(d)
+                           if os.path.splitext(f)[0] == s)
+  from l4f_jax.io import image_io, images  # pylint: disable=import-outside-toplevel
+  load = lambda d, s: image_io.read_rgb(find(d, s))
+  img = [load(images_dir, s) for s in stems]
+  if len({x.shape for x in img}) != 1:
+    return  # inputs of several sizes: no grid
+  gt = np.stack([load(gt_dir, s)[..., 0] > 127 for s in stems])
+  pred = np.stack([load(os.path.join(seg_out, "masks"), s)[..., 0] > 127 for s in stems])
+  img = np.stack(img)
+  images.save_grid(path, {"image": img, "mask": pred, "exact mask": gt,
+                          "errors (FP yellow, FN cyan)": evaluation.error_overlay(img, pred, gt)})

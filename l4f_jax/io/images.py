@@ -11,7 +11,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from l4f_jax.system import files
+from l4f_jax.io import files
 
 # Row order used by `save_grid` when the dict holds these keys; other keys follow in dict order.
 GRID_ORDER = ("image", "alpha", "mask", "composite", "foreground", "background")

@@ -49,8 +49,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from l4f_jax.method.evaluation import natural_key
 from l4f_jax.errors import UserError, one_line
-from l4f_jax.system.files import atomic_write
-from l4f_jax.system.images import make_grid
+from l4f_jax.io.files import atomic_write
+from l4f_jax.io.images import make_grid
+from l4f_jax.method import masks
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -375,10 +376,11 @@ def _save_png(path: str, array: np.ndarray, mode: str) -> None:
   atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
-def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw, threshold: float = 0.5) -> dict:
+def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw,
+                       threshold: float = masks.HARD_MASK_THRESHOLD) -> dict:
   """Writes the three outputs of one input, each atomically, at the input's own size.
 
-  - `<out_dir>/masks/<stem>.png`: hard mask, L, 255 where alpha >= threshold, else 0.
+  - `<out_dir>/masks/<stem>.png`: hard mask, L, 255 where `masks.hard_mask(alpha, threshold)`.
   - `<out_dir>/alpha/<stem>.png`: soft mask, L, round(alpha * 255).
   - `<out_dir>/cutout/<stem>.png`: RGBA, the input's RGB with alpha = the soft mask.
 
@@ -387,7 +389,7 @@ def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw, threshold: float
     stem: output name without extension (see `output_stems`); no path separators.
     rgb_uint8: the input, uint8 [H, W, 3].
     alpha_hw: float alpha in [0, 1], [H, W] (already at the input's size, `alpha_to_original`).
-    threshold: foreground where alpha >= threshold.
+    threshold: foreground where alpha > threshold (`method.masks`).
   Returns:
     {'mask': path, 'alpha': path, 'cutout': path}.
   """
@@ -400,7 +402,7 @@ def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw, threshold: float
   if not stem or stem in (".", "..") or "/" in stem or os.sep in stem:
     raise ValueError(f"write_segmentation: bad stem {stem!r} (a file name without folders)")
   soft = np.floor(alpha * 255.0 + 0.5).astype(np.uint8)
-  hard = np.where(alpha >= threshold, 255, 0).astype(np.uint8)
+  hard = np.where(masks.hard_mask(alpha, threshold), 255, 0).astype(np.uint8)
   paths = {k: os.path.join(os.fspath(out_dir), d, f"{stem}.png")
            for k, d in (("mask", "masks"), ("alpha", "alpha"), ("cutout", "cutout"))}
   _save_png(paths["mask"], hard, "L")

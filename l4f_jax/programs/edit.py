@@ -1,7 +1,7 @@
 """Edits that keep the background (`experiments.edit`): SeFa directions + Labels4Free compositing.
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.edit import EditConfig, edit
+  from l4f_jax.programs.edit import EditConfig, edit
   summary = edit(resolve(EditConfig, latents="workspace/invert/photos", direction=0, strength=3,
                          out="workspace/edit/photos"))
 
@@ -44,10 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from l4f_jax.config import option, to_dict
-from l4f_jax.method import editing, inversion
+from l4f_jax.method import editing, inversion, masks
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import make_noise, noise_shapes, num_latents
-from l4f_jax.system import files, images, metrics_log, training
+from l4f_jax.io import files, images
+from l4f_jax.system import metrics_log, training
 from l4f_jax.errors import UserError
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
@@ -72,10 +73,12 @@ class EditConfig:
                            "about 9 from w-bar; 3 changes the object visibly).")
   completion: str = option("inpaint", "Background completion of the preserved edit written to "
                            "preserved/ (both are measured).", choices=COMPLETIONS)
-  fill_threshold: float = option(0.5, "The region completed is alpha > fill_threshold ...", ge=0,
-                                 lt=1)
-  dilate: int = option(0, "... dilated by this many pixels.", ge=0)
-  threshold: float = option(0.9, "Hard mask = alpha > threshold (official rule).", ge=0, lt=1)
+  fill_threshold: float = option(0.5, "Alpha above which the original's object region is "
+                                 "completed (see --dilate).", ge=0, lt=1)
+  dilate: int = option(0, "Pixels by which the completed region (alpha > --fill_threshold) is "
+                       "dilated.", ge=0)
+  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold (official "
+                            "rule).", ge=0, lt=1)
   out: str = option("", "Output directory.", nonempty=True)
   overwrite: bool = option(False, "Replace an existing non-empty --out.")
   batch: int = option(16, "Originals per program.", ge=1)
@@ -242,14 +245,14 @@ def edit(cfg: EditConfig) -> dict:
                                  "preserved_by_completion": by_completion},
              "background_psnr_per_image": per_image,
              "background_fraction": float(np.sum(r["count"]) / (3 * r["image"][..., 0].size)),
-             "mask_change": float(np.mean((r["alpha"] > cfg.threshold)
-                                          != (r["alpha_edit"] > cfg.threshold))),
+             "mask_change": float(np.mean(masks.hard_mask(r["alpha"], cfg.threshold)
+                                          != masks.hard_mask(r["alpha_edit"], cfg.threshold))),
              "eigenvalue": float(eigenvalues[cfg.direction]),
              "generator": os.path.abspath(cfg.generator),
              "generator_fingerprint": gen.fingerprint, "config": to_dict(cfg)}
   with files.staged(out_dir, program="edit") as st:
     tmp = st.path
-    hard = lambda a: (a[..., 0] > cfg.threshold)
+    hard = lambda a: masks.hard_mask(a[..., 0], cfg.threshold)
     pictures = {"original": r["image"], "masks": hard(r["alpha"]), "naive": r["edited"],
                 "preserved": r[f"preserved_{cfg.completion}"],
                 "background": r[f"background_{cfg.completion}"],

@@ -24,29 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from l4f_jax.config import nested, option, to_dict
-from l4f_jax.method import student as student_lib
-from l4f_jax.models.unet import UNet
-from l4f_jax.system import augment, data as data_lib, files, images, loop, sharding, training
+from l4f_jax.method import masks, student as student_lib
+from l4f_jax.models.unet import SegmenterArch
+from l4f_jax.io import files, images
+from l4f_jax.system import augment, data as data_lib, loop, sharding, training
 from l4f_jax.system import weights
 from l4f_jax.errors import UserError
-
-KIND = "student_segmenter"
-SEGMENTER_HINT = "train one with python -m experiments.train_student"
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmenterArch:
-  """The U-Net's architecture (stored in the export's config.json)."""
-  width: int = option(16, "U-Net channels at full resolution (doubled per level up to "
-                      "--max_width).", ge=1)
-  depth: int = option(3, "U-Net downsamplings (input size must be divisible by 2**depth).", ge=1)
-  blocks: int = option(2, "Conv blocks per U-Net level.", ge=1)
-  max_width: int = option(64, "U-Net channel cap.", ge=1)
-
-  def module(self, dtype=None) -> UNet:
-    return UNet(base_width=self.width, depth=self.depth, blocks_per_level=self.blocks,
-                max_width=self.max_width, dtype=dtype)
-
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
@@ -62,8 +45,8 @@ class StudentConfig:
   arch: SegmenterArch = nested(SegmenterArch)
   hp: student_lib.StudentHParams = nested(student_lib.StudentHParams)
   augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
-  threshold: float = option(0.9, "Hard mask = student alpha >= threshold (stored in the export; "
-                            "0.9 = the official inference rule of A).",
+  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = student alpha > threshold (stored "
+                            "in the export; 0.9 = the official inference rule of A).",
                             ge=0, le=1)
   n_sample: int = option(16, "Pairs shown in each grid (0 = no grids).", ge=0)
   sample_every: int = option(500, "Grid interval.", ge=1)
@@ -80,10 +63,10 @@ def _export_dir(cfg: StudentConfig) -> str:
 
 def train_and_evaluate(cfg: StudentConfig) -> dict:
   """Trains and exports the student; returns {'steps', 'export', 'metrics' (last logged)}."""
-  loop.check_writable_dir(cfg.workdir, "--workdir")
+  files.check_writable_dir(cfg.workdir, "--workdir")
   export = _export_dir(cfg)
   files.check_disjoint(export, [("--pairs", cfg.pairs)], "--export")
-  if cfg.export and os.path.lexists(export) and not (cfg.overwrite or _is_segmenter(export)):
+  if cfg.export and os.path.lexists(export) and not (cfg.overwrite or weights.is_segmenter(export)):
     raise UserError(f"--export={cfg.export} exists and is not a segmenter export; choose a new "
                     "directory")
   mesh = sharding.make_mesh(cfg.num_devices)
@@ -117,13 +100,6 @@ def train_and_evaluate(cfg: StudentConfig) -> dict:
     return _train(cfg, run, mesh, loader, size, global_batch, export)
   finally:
     run.close()
-
-
-def _is_segmenter(path: str) -> bool:
-  try:
-    return weights.read_config(path).get("kind") == KIND
-  except UserError:
-    return False
 
 
 def _train(cfg, run, mesh, loader, size, global_batch, export) -> dict:
@@ -164,7 +140,7 @@ def _train(cfg, run, mesh, loader, size, global_batch, export) -> dict:
     p = np.asarray(predict(sharding.to_host(state.params), fixed_images))
     images.save_grid(run.path("samples", f"{i:06d}.png"), {
         "image": fixed_images, "alpha (teacher)": fixed_alpha, "student": p,
-        "student mask": p[..., 0] > cfg.threshold})
+        "student mask": masks.hard_mask(p[..., 0], cfg.threshold)})
 
   it = batches()
   state = loop.train_loop(state, it, step_fn, run=run, start=start, end=cfg.steps,
@@ -179,32 +155,9 @@ def _train(cfg, run, mesh, loader, size, global_batch, export) -> dict:
   if jax.process_index() == 0:
     if not loop.tree_is_finite(params):
       raise UserError(f"refusing to export a non-finite segmenter to {export}")
-    weights.save_weights(export, {"kind": KIND, "size": size, "arch": to_dict(cfg.arch),
+    weights.save_weights(export, {"kind": weights.SEGMENTER_KIND, "size": size, "arch": to_dict(cfg.arch),
                                   "threshold": cfg.threshold, "steps": done,
                                   "pairs": os.path.abspath(cfg.pairs),
                                   "train_config": to_dict(cfg)},
                          {"segmenter": params}, overwrite=True)
   return {"steps": done, "export": export}
-
-
-@dataclasses.dataclass(frozen=True)
-class Segmenter:
-  """A loaded segmenter export: module, params, input size and hard-mask threshold."""
-  path: str
-  module: UNet
-  params: object
-  size: int
-  threshold: float
-
-
-def load_segmenter(path: str, flag: str = "--segmenter") -> Segmenter:
-  try:
-    config, trees = weights.load_weights(path, SEGMENTER_HINT)
-  except UserError as e:
-    raise weights.with_flag(e, flag, path) from None
-  if config.get("kind") != KIND or "segmenter" not in trees:
-    raise UserError(f"{flag}={path} is not a segmenter export (kind {config.get('kind')!r}); "
-                    "train one with python -m experiments.train_student")
-  arch = SegmenterArch(**config["arch"])
-  return Segmenter(path=path, module=arch.module(), params=trees["segmenter"],
-                   size=int(config["size"]), threshold=float(config.get("threshold", 0.5)))

@@ -1,7 +1,7 @@
 """Generated (image, soft alpha, hard mask) pairs from a generator and a trained alpha network.
 
   from l4f_jax.config import resolve
-  from l4f_jax.system.pairs import PairsConfig, make_pairs
+  from l4f_jax.programs.pairs import PairsConfig, make_pairs
   summary = make_pairs(resolve(PairsConfig, generator=G, alpha=A, out=DIR, n=4096))
 
 `experiments.make_pairs` is its CLI. Sample i is G(z_i; psi, w_avg) with z_i and its noise drawn
@@ -34,9 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from l4f_jax.config import option, to_dict
-from l4f_jax.method import inference
+from l4f_jax.method import inference, masks
 from l4f_jax.models.alpha import AlphaNetwork
-from l4f_jax.system import files, metrics_log, sharding, training, weights
+from l4f_jax.io import files
+from l4f_jax.system import metrics_log, sharding, training, weights
 from l4f_jax.errors import UserError
 
 SUMMARY = "pairs.json"
@@ -53,8 +54,8 @@ class PairsConfig:
   overwrite: bool = option(False, "Replace an existing dataset at --out.")
   n: int = option(4096, "Number of samples generated (before --max_undecided drops any).", ge=1)
   truncation: float = option(0.7, "Truncation psi of the generated images.", gt=0, le=1)
-  threshold: float = option(0.9, "Hard mask = alpha > threshold (official inference rule).",
-                            ge=0, le=1)
+  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold (official inference "
+                            "rule).", ge=0, le=1)
   max_undecided: float = option(1.0, "Drop samples with a larger fraction of undecided pixels "
                                 "(0.1 < alpha < 0.9); 1 keeps all.", ge=0, le=1)
   batch: int = option(16, "Samples per device per generation step.", ge=1)
