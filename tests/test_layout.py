@@ -101,3 +101,17 @@ def test_no_part_holds_more_than_35_percent_of_the_lines():
   lines = _part_lines()
   total = sum(lines.values())
   assert max(lines.values()) <= 0.35 * total, {k: round(v / total, 3) for k, v in lines.items()}
+
+
+def test_no_shipped_function_exceeds_80_lines():
+  root = TESTS.parent / "l4f_jax"
+  long = {}
+  for p in sorted(root.rglob("*.py")):
+    if "reference" in p.parts:
+      continue
+    for node in ast.walk(ast.parse(p.read_text())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        n = node.end_lineno - node.lineno + 1
+        if n > 80:
+          long[f"{p.relative_to(root.parent)}:{node.name}"] = n
+  assert not long, long

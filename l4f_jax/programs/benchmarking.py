@@ -281,15 +281,49 @@ def _jax_step(models, cfg, batch: int, do_r1: bool, donate: bool = True):
   return jax.jit(fn, donate_argnums=0 if donate else ())
 
 
+def _torch_iterations(args: Args, c, m: dict, cfg, real_np) -> tuple[list, list]:
+  """The torch official_iteration callables (plain, R1 per reference and thread count) and
+  their names, on the same weights as the JAX side."""
+  import numpy as np  # noqa: PLC0415
+  import torch  # noqa: PLC0415
+
+  from l4f_jax.reference import torch_labels4free as tl  # noqa: PLC0415
+
+  k = cfg.d_reg_every
+  fns, names = [], []
+  dev = _torch_device(args)
+  tg, td, ta = m["tg"].to(dev), m["td"].to(dev), m["ta"].to(dev)
+  treal = torch.from_numpy(np.ascontiguousarray(real_np.transpose(0, 3, 1, 2))).to(dev)
+  tcfg = dict(truncation=cfg.truncation, mean_latent=m["w_avg"].to(dev), r1=cfg.r1,
+              d_reg_every=k, n_devices=c.devices)
+  shapes = [(c.batch, 1, 2 ** ((j + 5) // 2), 2 ** ((j + 5) // 2)) for j in range(tg.num_layers)]
+
+  def torch_iter(r1, tg, td, opt_a, opt_d):
+    def run():
+      rnd = lambda s: torch.randn(*s, device=dev)
+      noise = lambda: [rnd(s) for s in shapes]
+      inputs = dict(z_d=rnd((c.batch, c.style_dim)), noise_fg_d=noise(), noise_bg_d=noise(),
+                    z_a=rnd((c.batch, c.style_dim)), noise_fg_a=noise(), noise_bg_a=noise())
+      tl.official_iteration(0 if r1 else 1, tg, ta, td, opt_a, opt_d, treal, inputs, tcfg)
+      _torch_sync(dev)
+    return run
+  for kind in args.torch_modconv:
+    g, d = _torch_copy(kind, c, tg, td)
+    opts = tl.make_optimizers(ta, d, cfg.lr, cfg.g_reg_every, cfg.d_reg_every)
+    for n in _torch_thread_variants(args, dev):
+      fns += [_with_threads(n, torch_iter(False, g, d, *opts)),
+              _with_threads(n, torch_iter(True, g, d, *opts))]
+      names.append(_torch_name(dev, f"official_iteration, {kind}", n))
+  return fns, names
+
+
 def bench_iteration(args: Args) -> list[Result]:
   """Labels4Free iteration it/s: JAX train_step and the torch official_iteration, interleaved."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
-  import torch  # noqa: PLC0415
 
   from l4f_jax.method import step as S  # noqa: PLC0415
-  from l4f_jax.reference import torch_labels4free as tl  # noqa: PLC0415
 
   c = args.model_config()
   if c.batch % c.devices or (c.batch // c.devices) % min(c.batch // c.devices, 4):
@@ -322,29 +356,9 @@ def bench_iteration(args: Args) -> list[Result]:
   dtype_note = args.compute_dtype
   names = [_jax_name(f"jit, donated, non-fused, {dtype_note}")]
   if args.torch:
-    dev = _torch_device(args)
-    tg, td, ta = m["tg"].to(dev), m["td"].to(dev), m["ta"].to(dev)
-    treal = torch.from_numpy(np.ascontiguousarray(real_np.transpose(0, 3, 1, 2))).to(dev)
-    tcfg = dict(truncation=cfg.truncation, mean_latent=m["w_avg"].to(dev), r1=cfg.r1,
-                d_reg_every=k, n_devices=c.devices)
-    shapes = [(c.batch, 1, 2 ** ((j + 5) // 2), 2 ** ((j + 5) // 2)) for j in range(tg.num_layers)]
-
-    def torch_iter(r1, tg, td, opt_a, opt_d):
-      def run():
-        rnd = lambda s: torch.randn(*s, device=dev)
-        noise = lambda: [rnd(s) for s in shapes]
-        inputs = dict(z_d=rnd((c.batch, c.style_dim)), noise_fg_d=noise(), noise_bg_d=noise(),
-                      z_a=rnd((c.batch, c.style_dim)), noise_fg_a=noise(), noise_bg_a=noise())
-        tl.official_iteration(0 if r1 else 1, tg, ta, td, opt_a, opt_d, treal, inputs, tcfg)
-        _torch_sync(dev)
-      return run
-    for kind in args.torch_modconv:
-      g, d = _torch_copy(kind, c, tg, td)
-      opts = tl.make_optimizers(ta, d, cfg.lr, cfg.g_reg_every, cfg.d_reg_every)
-      for n in _torch_thread_variants(args, dev):
-        fns += [_with_threads(n, torch_iter(False, g, d, *opts)),
-                _with_threads(n, torch_iter(True, g, d, *opts))]
-        names.append(_torch_name(dev, f"official_iteration, {kind}", n))
+    torch_fns, torch_names = _torch_iterations(args, c, m, cfg, real_np)
+    fns += torch_fns
+    names += torch_names
   for fn in fns:
     fn()  # warm-up
   # round-robin: all plain iterations, then all R1 iterations (so that load drifts hit all alike)

@@ -173,6 +173,23 @@ def _resumed_row(tmp: str, path: str, stem: str, size: int, threshold: float, ma
   return x, recon, alpha, masks.hard_mask(alpha, threshold)
 
 
+def _resume(st, paths, stems, cfg: InvertConfig, size: int, skipped, psnrs, rows) -> dict:
+  """Takes in what a killed run's journal says was done (its skips, PSNRs and grid rows);
+  returns {absolute path: journal entry}."""
+  finished = {e["file"]: e for e in st.journal}
+  for k, (path, stem) in enumerate(zip(paths, stems)):
+    e = finished.get(os.path.abspath(path))
+    if e is None:
+      continue
+    if "skipped" in e:
+      skipped.append({"file": path, "reason": e["skipped"]})
+      continue
+    psnrs[stem] = e["psnr"]
+    if k < cfg.sheet_items:
+      rows[k] = _resumed_row(st.path, path, stem, size, cfg.threshold, cfg.max_pixels)
+  return finished
+
+
 def invert(cfg: InvertConfig) -> dict:
   """Inverts every input (module docstring); returns the summary written to metrics.json."""
   out = files.check_output_dir(cfg.out, cfg.overwrite, program="invert", summary=SUMMARY,
@@ -197,17 +214,7 @@ def invert(cfg: InvertConfig) -> dict:
     tmp = st.path
     for d in ("masks", "alpha", "recon", "latents", "noise"):
       os.makedirs(os.path.join(tmp, d), exist_ok=True)
-    finished = {e["file"]: e for e in st.journal}
-    for k, (path, stem) in enumerate(zip(paths, stems)):
-      e = finished.get(os.path.abspath(path))
-      if e is None:
-        continue
-      if "skipped" in e:
-        skipped.append({"file": path, "reason": e["skipped"]})
-        continue
-      psnrs[stem] = e["psnr"]
-      if k < cfg.sheet_items:
-        rows[k] = _resumed_row(tmp, path, stem, gen.size, cfg.threshold, cfg.max_pixels)
+    finished = _resume(st, paths, stems, cfg, gen.size, skipped, psnrs, rows)
     todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
             if os.path.abspath(p) not in finished]
     if todo:

@@ -126,11 +126,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
   t = time.perf_counter()
   student_eval = None
   if real:
-    seg_out = os.path.join(workdir, "real_test")
-    summary = segment.segment(segment.SegmentConfig(
-        segmenter=sc.export, images=os.path.join(real, "images"), out=seg_out, overwrite=True))
-    student_eval = evaluate.score_masks(os.path.join(real, "images"), os.path.join(real, "masks"),
-                                        seg_out, os.path.join(workdir, "real_test_errors.png"))
+    # The paths as given (not absolute), so that eval.json names no checkout's folders.
+    images, exact = (os.path.join(cfg.real_test, d) for d in ("images", "masks"))
+    seg_out = os.path.join(l4f.workdir, "real_test")
+    summary = segment.segment(segment.SegmentConfig(segmenter=sc.export, images=images,
+                                                    out=seg_out, overwrite=True))
+    student_eval = evaluate.score_masks(images, exact, seg_out,
+                                        os.path.join(workdir, "real_test_errors.png"))
     student_eval.update(segmented=summary["segmented"], skipped=summary["skipped"],
                         threshold=summary["threshold"], segmenter=sc.export)
   timing["segment_and_score_s"] = round(time.perf_counter() - t, 1)
