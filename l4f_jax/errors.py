@@ -19,6 +19,8 @@ import sys
 import threading
 from typing import Callable, Optional
 
+from l4f_jax import hardening
+
 
 MAX_LINE = 200  # characters of an error line, `prog: error: ` included; the rest is `detail`
 
@@ -106,20 +108,6 @@ def environment_error(exc: BaseException) -> Optional[OSError]:
   return None
 
 
-def _open_file_in(exc: BaseException) -> Optional[str]:
-  """The name of the innermost open file object among the locals of the frames `exc` went
-  through: a failed `f.write` raises an OSError that does not name its file."""
-  import io  # pylint: disable=import-outside-toplevel
-  import traceback  # pylint: disable=import-outside-toplevel
-  name = None
-  for frame, _ in traceback.walk_tb(exc.__traceback__):
-    for value in frame.f_locals.values():
-      file_name = getattr(value, "name", None) if isinstance(value, io.IOBase) else None
-      if isinstance(file_name, str) and not file_name.startswith("<"):  # not <stderr>
-        name = file_name
-  return name
-
-
 def _destination(path: str) -> str:
   """The folder a program was writing when it wrote `path`: a file inside a staging folder
   (`.<name>.tmp-XXXX`) or a tfds `incomplete.*` folder is shown as that folder's destination."""
@@ -139,7 +127,7 @@ def environment_message(e: OSError) -> str:
   what, fix = _ENVIRONMENT_ERRNOS[e.errno]
   files = [os.fspath(f) for f in (e.filename, e.filename2) if f is not None]
   if not files:
-    name = _open_file_in(e)
+    name = hardening.open_file_in(e)
     files = [name] if name else []
   where = f" writing {_destination(str(files[0]))}" if files else ""
   return f"{what}{where} [Errno {e.errno}]; {fix}"

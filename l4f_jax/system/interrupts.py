@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Optional
 
-from l4f_jax import errors
+from l4f_jax import errors, hardening
 
 GRACE_S = 4.0
 FINISH_S = 120.0
@@ -124,6 +124,18 @@ def _watch(read_fd: int) -> None:
     _exit_now(_State.caught or "SIGINT")
 
 
+def _lost_interrupt(info) -> bool:
+  """A KeyboardInterrupt Python could not raise: have the watchdog end the process at once."""
+  if not issubclass(info.exc_type, KeyboardInterrupt):
+    return False
+  _State.lost = True
+  try:
+    os.write(_State.wake_fd, b"\xff")
+  except OSError:
+    pass
+  return True
+
+
 def install() -> None:
   """Installs the handlers and the watchdog (main thread, once per process)."""
   if _State.installed or threading.current_thread() is not threading.main_thread():
@@ -136,18 +148,7 @@ def install() -> None:
     signal.signal(sig, _handle)
   threading.Thread(target=_watch, args=(read_fd,), name="l4f-interrupt-watchdog",
                    daemon=True).start()
-  previous = sys.unraisablehook
-
-  def unraisable(info):
-    if not issubclass(info.exc_type, KeyboardInterrupt):
-      previous(info)
-      return
-    _State.lost = True
-    try:
-      os.write(_State.wake_fd, b"\xff")
-    except OSError:
-      pass
-  sys.unraisablehook = unraisable
+  hardening.filter_unraisable(_lost_interrupt)
   _State.installed = True
 
 

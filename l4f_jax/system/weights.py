@@ -35,8 +35,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
-import threading
 import time
 from typing import Any, Optional
 
@@ -48,6 +46,7 @@ from absl import logging
 from l4f_jax.models.stylegan2 import Discriminator, Generator, channel_table
 from l4f_jax.models.unet import SegmenterArch, UNet
 from l4f_jax.io import files
+from l4f_jax import hardening
 from l4f_jax.errors import UserError, environment_error
 
 FORMAT = "l4f_jax.weights"
@@ -76,72 +75,11 @@ def _quiet_orbax():
     logging.set_verbosity(old)
 
 
-def _is_storage_noise(unraisable) -> bool:
-  """True for the unraisable exceptions of reads and writes abandoned after a failure: TensorStore
-  callbacks that find Orbax's event loop closed, and Orbax coroutines never awaited."""
-  exc, obj = unraisable.exc_value, unraisable.object
-  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-    return True
-  code = getattr(obj, "cr_code", None)
-  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-def _filter_storage_noise() -> None:
-  """Installs (once) a sys.unraisablehook that drops `_is_storage_noise` and passes on the rest."""
-  if getattr(sys.unraisablehook, "_l4f_storage_filter", False):
-    return
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not _is_storage_noise(unraisable):
-      previous(unraisable)
-  hook._l4f_storage_filter = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
-
-
-@contextlib.contextmanager
 def _held_stderr():
-  """Holds what is written to file descriptor 2 inside the block and writes it out afterwards,
-  unless the block failed with an error that is reported as one line (a UserError, or a full disk
-  and the like, `errors.environment_error`): when a read or write fails, Orbax logs the exception
-  and TensorStore's threads print a traceback per pending array ('Event loop is closed'), most
-  before the exception reaches the caller (the threads' late tracebacks are dropped by
-  `_filter_storage_noise`)."""
-  _filter_storage_noise()
-  sys.stderr.flush()
-  try:
-    saved = os.dup(2)
-  except OSError:  # no stderr to hold
-    yield
-    return
-  read_fd, write_fd = os.pipe()
-  chunks = []
-
-  def drain():
-    while True:
-      data = os.read(read_fd, 1 << 16)
-      if not data:
-        return
-      chunks.append(data)
-
-  reader = threading.Thread(target=drain, daemon=True)
-  reader.start()
-  os.dup2(write_fd, 2)
-  os.close(write_fd)
-  keep = True
-  try:
-    yield
-  except BaseException as e:
-    keep = not (isinstance(e, UserError) or environment_error(e) is not None)
-    raise
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees the end
-    os.close(saved)
-    reader.join(timeout=10)
-    os.close(read_fd)
-    if keep and chunks:
-      os.write(2, b"".join(chunks))
+  """Orbax / TensorStore's stderr during a save or restore, dropped when the failure is reported
+  as one line (`hardening.held_stderr`)."""
+  return hardening.held_stderr(
+      lambda e: isinstance(e, UserError) or environment_error(e) is not None)
 
 
 def is_weight_dir(path: str) -> bool:
