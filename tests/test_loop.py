@@ -260,3 +260,14 @@ def test_staged_directories_follow_the_umask(tmp_path):
     assert os.stat(files.staging_dir(str(tmp_path / "g"))).st_mode & 0o777 == 0o775
   finally:
     os.umask(old)
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+  """save_weights (every export: convert, the trainers' finish_and_export) refuses NaN or inf,
+  naming the array, and leaves neither the destination nor a staging folder."""
+  from l4f_jax.system import weights
+  trees = {"alpha": {"conv": {"kernel": np.ones((2, 2), np.float32),
+                              "bias": np.array([0.0, np.inf], np.float32)}}}
+  with pytest.raises(UserError, match=r"non-finite weights in alpha/conv/bias"):
+    weights.save_weights(str(tmp_path / "w"), {"kind": "x"}, trees)
+  assert os.listdir(tmp_path) == []

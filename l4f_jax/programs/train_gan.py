@@ -132,18 +132,12 @@ def _train(cfg, run, G, D, arch, mesh, loader) -> dict:
                           sample_every=cfg.sample_every, on_sample=on_sample,
                           console_keys=("d_loss", "g_loss", "real_score", "fake_score", "r1"),
                           sticky_keys=("r1", "path_penalty"))
-  done = int(jax.device_get(state.step))
-  if run.latest != done:
-    run.save(done, state)
-  run.ckpt.wait()
+  def trees(s):
+    host = sharding.to_host(s)
+    return {"g_ema": host.g_ema, "g": host.g_params, "d": host.d_params,
+            "latent_avg": np.asarray(training.w_avg(G, host.g_ema, cfg.seed))}
 
-  if cfg.export and jax.process_index() == 0:
-    host = sharding.to_host(state)
-    if not loop.tree_is_finite(host.g_ema):
-      raise UserError(f"refusing to export a non-finite generator to {cfg.export}")
-    w_avg = np.asarray(training.w_avg(G, host.g_ema, cfg.seed))
-    config = dict(arch, source=f"experiments.pretrain_gan step {done}", kind="stylegan2")
-    weights.save_weights(cfg.export, config, {"g_ema": host.g_ema, "g": host.g_params,
-                                              "d": host.d_params, "latent_avg": w_avg},
-                         overwrite=cfg.overwrite)
+  done = int(jax.device_get(state.step))
+  config = dict(arch, source=f"experiments.pretrain_gan step {done}", kind="stylegan2")
+  loop.finish_and_export(run, state, cfg.export, config, trees, overwrite=cfg.overwrite)
   return {"steps": done, "export": cfg.export}

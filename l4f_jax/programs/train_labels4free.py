@@ -87,20 +87,6 @@ class TrainConfig:
                               "into <workdir>/profile; '' = off.")
 
 
-def export_alpha(dst: str, config: dict, alpha_params) -> None:
-  """Writes A in the converted-weight format from process 0 (every process must call this: the
-  others wait at a barrier, so no process reads or exits before the export is in place)."""
-  import numpy as np
-  if jax.process_index() == 0:  # save_weights writes from the calling process alone
-    if not loop.tree_is_finite(alpha_params):
-      raise UserError(f"refusing to export a non-finite alpha network to {dst}")
-    weights.save_weights(dst, config, {"alpha": jax.tree.map(np.asarray, alpha_params)},
-                         overwrite=True)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("l4f_export_alpha")
-
-
 def _grid_columns(out: dict) -> dict:
   """Rows of a sample grid, GRID_COLS samples per row group (labelled 'image 8-15' etc.)."""
   names = (("image", "image"), ("alpha", "alpha"), ("mask", "hard_mask"),
@@ -272,21 +258,18 @@ def _train(cfg, run, gen, models, method, mesh, loader, n_dev, devices, global_b
                           sticky_keys=("r1", "r1_quirk", "r1_loss"),
                           guard=collapse_guard(cfg.collapse, cfg.collapse_alpha),
                           profile_steps=loop.parse_profile_steps(cfg.profile_steps))
-  done = int(jax.device_get(state.step))
-  if run.latest != done:
-    run.save(done, state)
-  run.ckpt.wait()
-  metrics_log.log_console(f"finished {done} iterations ({done - start} in this process)")
-
   # ---------------------------------------------------------------- Export and evaluation.
-  alpha_host = sharding.to_host(state.alpha_params)
+  done = int(jax.device_get(state.step))
   export_cfg = {"kind": "labels4free_alpha", "generator": os.path.realpath(cfg.generator),
                 "source": f"experiments.train iteration {done}", "iterations": done,
                 "alpha_variant": "repro" if cfg.reproduce_model else "bg_extractor",
                 "train_config": to_dict(cfg), **gen.alpha_identity()}
   dst = run.path("alpha")
-  export_alpha(dst, export_cfg, alpha_host)
-  metrics_log.log_console(f"exported A to {dst}")
+  loop.finish_and_export(run, state, dst, export_cfg,
+                         lambda s: {"alpha": sharding.to_host(s.alpha_params)})
+  metrics_log.log_console(f"finished {done} iterations ({done - start} in this process); "
+                          f"exported A to {dst}")
+  alpha_host = sharding.to_host(state.alpha_params)
   result = None
   if cfg.eval_samples and jax.process_index() == 0:
     result = _evaluate(cfg, run, sample, alpha_host, done)

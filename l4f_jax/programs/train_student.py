@@ -148,16 +148,9 @@ def _train(cfg, run, mesh, loader, size, global_batch, export) -> dict:
                           sample_every=cfg.sample_every if n else 0, on_sample=on_sample,
                           console_keys=("loss", "bce", "iou", "pixel_acc"))
   done = int(jax.device_get(state.step))
-  if run.latest != done:
-    run.save(done, state)
-  run.ckpt.wait()
-  params = sharding.to_host(state.params)
-  if jax.process_index() == 0:
-    if not loop.tree_is_finite(params):
-      raise UserError(f"refusing to export a non-finite segmenter to {export}")
-    weights.save_weights(export, {"kind": weights.SEGMENTER_KIND, "size": size, "arch": to_dict(cfg.arch),
-                                  "threshold": cfg.threshold, "steps": done,
-                                  "pairs": os.path.abspath(cfg.pairs),
-                                  "train_config": to_dict(cfg)},
-                         {"segmenter": params}, overwrite=True)
+  config = {"kind": weights.SEGMENTER_KIND, "size": size, "arch": to_dict(cfg.arch),
+            "threshold": cfg.threshold, "steps": done, "pairs": os.path.abspath(cfg.pairs),
+            "train_config": to_dict(cfg)}
+  loop.finish_and_export(run, state, export, config,
+                         lambda s: {"segmenter": sharding.to_host(s.params)})
   return {"steps": done, "export": export}

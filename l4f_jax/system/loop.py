@@ -287,6 +287,28 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
   return state
 
 
+def finish_and_export(run: Run, state, export: Optional[str] = None, config: Optional[dict] = None,
+                      trees: Optional[Callable[[Any], dict]] = None, overwrite: bool = True) -> int:
+  """The end every trainer shares: the final state is checkpointed (unless the last checkpoint
+  holds it) and every pending save finished; with `export`, `trees(state)` (host trees, made on
+  every process) is written to the weight directory `export` by process 0 (`weights.save_weights`
+  refuses non-finite weights with one line) while the other processes wait at a barrier, so no
+  process reads the export or exits before it is in place. Returns the final step."""
+  from l4f_jax.system import weights  # pylint: disable=import-outside-toplevel
+  done = int(jax.device_get(state.step))
+  if run.latest != done:
+    run.save(done, state)
+  run.ckpt.wait()
+  if export:
+    host = trees(state)
+    if _is_main():
+      weights.save_weights(export, config, host, overwrite=overwrite)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"l4f_export_{run.program}")
+  return done
+
+
 def parse_profile_steps(text: str, flag: str = "--profile_steps") -> Optional[tuple[int, int]]:
   """'a:b' -> (a, b) with 0 <= a < b; '' -> None. A malformed value is a one-line UserError."""
   if not text:
