@@ -36,6 +36,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from l4f_jax.datasets.build import build
 from l4f_jax.io import image_io
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -192,9 +193,7 @@ def prepare_image_folder(src, data_dir, name: str, size: int, overwrite: bool = 
     builder = cls(config=ImageFolderConfig(name=f"{size}px", size=size),
                   data_dir=os.fspath(data_dir), file_format="array_record")
     try:
-      with tempfile.TemporaryDirectory() as tmp:  # tfds wants a download dir; nothing downloaded
-        builder.download_and_prepare(download_dir=tmp, download_config=tfds.download.DownloadConfig(
-            manual_dir=src, try_download_gcs=False))
+      build(builder, manual_dir=src)
     except Exception:  # tfds refuses an empty split ("No examples were yielded")
       if builder.num_written == 0 and builder.num_skipped == len(files):
         raise ValueError(f"--src={src}: none of the {len(files)} image files could be read") \

@@ -33,6 +33,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from l4f_jax.datasets.build import build
+
 _SUPERSAMPLE = 4
 _LIPSCHITZ = 4.0               # bound on |grad| of the shape implicits (blob: sqrt(1 + 3.5^2))
 _FG_HUE = (-40.0, 35.0)          # degrees, i.e. 320 .. 35
@@ -345,9 +347,7 @@ def prepare_shapes(data_dir, size: int = 64, num_examples: int = 4096, seed: int
                       file_format="array_record")
   if not builder.is_prepared():
     logging.info("Building l4f_shapes %s in %s", cfg.name, builder.data_dir)
-    with tempfile.TemporaryDirectory() as tmp:  # tfds wants a download dir; nothing is downloaded
-      builder.download_and_prepare(
-          download_dir=tmp, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    build(builder)
   return os.fspath(builder.data_dir)
 
 

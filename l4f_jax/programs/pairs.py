@@ -27,7 +27,6 @@ import dataclasses
 import glob
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +35,7 @@ import numpy as np
 from l4f_jax.config import option, to_dict
 from l4f_jax.method import inference, masks
 from l4f_jax.models.alpha import AlphaNetwork
+from l4f_jax.datasets.build import build
 from l4f_jax.io import files
 from l4f_jax.system import metrics_log, sharding, training, weights
 from l4f_jax.errors import UserError
@@ -146,7 +146,6 @@ def _to_uint8_image(x):
 
 
 def _build(cfg, gen, tmp, out, alpha_fingerprint: str) -> dict:
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # slow import
   from l4f_jax.datasets.pairs import L4fPairs, PairsConfig as BuilderConfig
   parts = os.path.join(tmp, "parts")
   n_parts = len(glob.glob(os.path.join(parts, "part-*.npz")))
@@ -155,9 +154,7 @@ def _build(cfg, gen, tmp, out, alpha_fingerprint: str) -> dict:
                     "(1 keeps all)")
   builder = L4fPairs(config=BuilderConfig(name=f"{gen.size}px", size=gen.size),
                      data_dir=os.path.join(tmp, "data"), file_format="array_record")
-  with tempfile.TemporaryDirectory(dir=tmp) as dl:
-    builder.download_and_prepare(download_dir=dl, download_config=tfds.download.DownloadConfig(
-        manual_dir=parts, try_download_gcs=False))
+  build(builder, manual_dir=parts, tmp_parent=tmp)
   kept = builder.info.splits["train"].num_examples
   shutil.rmtree(parts)
   summary = {"n": cfg.n, "kept": int(kept), "dropped": int(cfg.n - kept), "size": gen.size,
