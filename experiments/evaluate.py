@@ -11,7 +11,7 @@ Two sources of masks:
   # foreground = grey value 255, confusion pooled over all pixels). Either one pair of folders, or a
   # root whose class folders each hold a `*_gt` and a `*_pred` folder (the released custom_dataset):
   python -m experiments.evaluate --gt_dir=Mask_cat_gt --pred_dir=Mask_cat_pred
-  python -m experiments.evaluate --masks=../shared/data/l4f_custom_masks
+  python -m experiments.evaluate --masks=tests/data/l4f_custom_masks
 
 Prints a table, writes metrics.json (and, for generated samples, a grid marking false positives yellow
 and false negatives cyan) under --out. Generated samples use the training program's w-bar

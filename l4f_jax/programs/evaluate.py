@@ -31,7 +31,7 @@ import dataclasses
 import os
 from typing import Callable, Optional
 
-from l4f_jax.config import option
+from l4f_jax.config import nested, option
 from l4f_jax.method import masks
 from l4f_jax.io import files
 from l4f_jax.errors import UserError
@@ -43,8 +43,8 @@ OUTPUTS = ("errors.png", "segment", SUMMARY)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-  """Every option of an evaluation run."""
+class GeneratedEval:
+  """Mode 'generated': seeded samples of a generator and its alpha network vs the oracle."""
   generator: Optional[str] = option(None, "Converted generator weight directory.")
   alpha: Optional[str] = option(None, "Alpha network weight directory (a training run's alpha/ "
                                 "export).")
@@ -53,53 +53,78 @@ class EvaluateConfig:
   seed: int = option(0, "Sample i is drawn from fold_in(key(seed), i); w_avg from the seed's "
                      "'w_avg' stream (as training).")
   truncation: float = option(0.5, "Foreground psi (official test_sample: 0.5).", gt=0)
-  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold (official --th).",
-                            ge=0, le=1)
+  threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold (official "
+                            "--th).", ge=0, le=1)
   oracle: str = option("shapes", "Ground truth for generated samples.", choices=("shapes",))
+  grid_samples: int = option(16, "Samples shown in the error grid.", ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderEval:
+  """Modes 'folders' and 'classes': PNG masks scored with the official conventions."""
   gt_dir: Optional[str] = option(None, "Folder of ground-truth PNG masks.")
   pred_dir: Optional[str] = option(None, "Folder of predicted PNG masks (paired by natural sort).")
   masks: Optional[str] = option(None, "Root with one folder per class, each holding *_gt and "
                                 "*_pred.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterEval:
+  """Mode 'segmenter': a student export on images with exact masks."""
   segmenter: Optional[str] = option(None, "A student segmenter export: segment --images and score "
                                     "them against --gt_masks.")
   images: Optional[str] = option(None, "Images for --segmenter (default: the built-in world's real "
                                  "test split).")
   gt_masks: Optional[str] = option(None, "Exact masks of --images, paired by file stem (0/255, "
                                    "0/1 or 16-bit).")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+  """One config per mode (their flags keep their names: no prefix) and the output folder."""
+  generated: GeneratedEval = nested(GeneratedEval)
+  folders: FolderEval = nested(FolderEval)
+  student: SegmenterEval = nested(SegmenterEval)
   out: Optional[str] = option(None, "Write metrics.json (and grids) here.")
   overwrite: bool = option(False, "Replace an earlier evaluate output at --out.")
-  grid_samples: int = option(16, "Samples shown in the error grid.", ge=1)
+
+  def inputs(self) -> list[tuple[str, str]]:
+    """(flag, path) of every input, which --out may not be, hold or lie inside."""
+    g, f, s = self.generated, self.folders, self.student
+    return [("--generator", g.generator), ("--alpha", g.alpha), ("--gt_dir", f.gt_dir),
+            ("--pred_dir", f.pred_dir), ("--masks", f.masks), ("--segmenter", s.segmenter),
+            ("--images", s.images), ("--gt_masks", s.gt_masks)]
 
 
 def check(cfg: EvaluateConfig) -> str:
-  """The mode ('generated', 'folders' or 'classes') after the checks that need no work."""
-  modes = {"generated": bool(cfg.generator), "folders": bool(cfg.gt_dir or cfg.pred_dir),
-           "classes": bool(cfg.masks), "segmenter": bool(cfg.segmenter)}
+  """The mode ('generated', 'folders', 'classes' or 'segmenter') after the checks that need no
+  work."""
+  g, f, st = cfg.generated, cfg.folders, cfg.student
+  modes = {"generated": bool(g.generator), "folders": bool(f.gt_dir or f.pred_dir),
+           "classes": bool(f.masks), "segmenter": bool(st.segmenter)}
   if sum(modes.values()) != 1:
     raise UserError("pass exactly one of --generator (+ --alpha), --gt_dir + --pred_dir, "
                     "--masks, or --segmenter (+ --images and --gt_masks)")
   if modes["segmenter"]:
     if not cfg.out:
       raise UserError("--segmenter needs --out=<dir> (the masks it writes are scored)")
-    if bool(cfg.images) != bool(cfg.gt_masks):
+    if bool(st.images) != bool(st.gt_masks):
       raise UserError("--images and --gt_masks go together (or pass neither for the built-in "
                       f"real test split {REAL_TEST})")
-    for flag, path in (("images", cfg.images or REAL_TEST + "/images"),
-                       ("gt_masks", cfg.gt_masks or REAL_TEST + "/masks")):
+    for flag, path in (("images", st.images or REAL_TEST + "/images"),
+                       ("gt_masks", st.gt_masks or REAL_TEST + "/masks")):
       if not os.path.isdir(path):
         raise UserError(f"--{flag}={path}: no such directory"
-                        + ("" if cfg.images else "; run the main command (experiments.pipeline) "
+                        + ("" if st.images else "; run the main command (experiments.pipeline) "
                            "once to build the real test split"))
-  if modes["folders"] and not (cfg.gt_dir and cfg.pred_dir):
+  if modes["folders"] and not (f.gt_dir and f.pred_dir):
     raise UserError("--gt_dir and --pred_dir go together")
-  if modes["generated"] and not cfg.alpha:
+  if modes["generated"] and not g.alpha:
     raise UserError("--generator needs --alpha=<alpha weight directory> (a training run's alpha/ "
                     "export, or experiments.convert of an official checkpoint)")
   if cfg.out:
     files.check_output_dir(cfg.out, cfg.overwrite, program="evaluate", summary=SUMMARY,
-                           owned=OUTPUTS, inputs=[(f"--{k}", getattr(cfg, k)) for k in (
-                               "generator", "alpha", "gt_dir", "pred_dir", "masks", "segmenter",
-                               "images", "gt_masks")])
+                           owned=OUTPUTS, inputs=cfg.inputs())
   return next(m for m, on in modes.items() if on)
 
 
@@ -158,7 +183,7 @@ def _score_folders(gt: str, pred: str, where: str = "", flags=("", "")) -> dict:
     raise UserError(f"{where}{e}") from None
 
 
-def evaluate_folders(cfg: EvaluateConfig) -> dict:
+def evaluate_folders(cfg: FolderEval) -> dict:
   """Metrics of --masks (one entry per class) or of --gt_dir against --pred_dir."""
   if cfg.masks:
     return {name: _score_folders(gt, pred, f"--masks={cfg.masks} ({name}): ")
@@ -169,7 +194,7 @@ def evaluate_folders(cfg: EvaluateConfig) -> dict:
   return _score_folders(cfg.gt_dir, cfg.pred_dir, flags=("--gt_dir=", "--pred_dir="))
 
 
-def evaluate_generated(cfg: EvaluateConfig, out_dir: Optional[str] = None) -> dict:
+def evaluate_generated(cfg: GeneratedEval, out_dir: Optional[str] = None) -> dict:
   """Hard masks of `n` samples against the l4f_shapes oracle (+ errors.png under `out`)."""
   # pylint: disable=import-outside-toplevel
   import jax
@@ -208,7 +233,7 @@ def evaluate_generated(cfg: EvaluateConfig, out_dir: Optional[str] = None) -> di
   return result
 
 
-def evaluate_segmenter(cfg: EvaluateConfig, out_dir: str) -> dict:
+def evaluate_segmenter(cfg: SegmenterEval, out_dir: str) -> dict:
   """Segments the images (into <out>/segment) and scores the masks against the exact ones, paired
   by stem; FP (yellow) / FN (cyan) pictures in <out>/errors.png."""
   images = cfg.images or os.path.join(REAL_TEST, "images")
@@ -228,8 +253,10 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
 
   def run(out_dir):
     if mode == "segmenter":
-      return evaluate_segmenter(cfg, out_dir)
-    return evaluate_generated(cfg, out_dir) if mode == "generated" else evaluate_folders(cfg)
+      return evaluate_segmenter(cfg.student, out_dir)
+    if mode == "generated":
+      return evaluate_generated(cfg.generated, out_dir)
+    return evaluate_folders(cfg.folders)
 
   if not cfg.out:
     result = run(None)
