@@ -9,34 +9,23 @@ the generator under 'g', since they have no 'g_ema'). Trees keep their checkpoin
 take 'g_ema' when present, else 'g' (`weights.generator_params`).
 
 --allow_pickle loads with torch.load(weights_only=False), which can execute code from the file: use
-it only for files you trust (training checkpoints need it for their argparse 'args').
+it only for files you trust (training checkpoints need it for their argparse 'args'). The flags
+are the fields of `l4f_jax.system.convert.ConvertConfig`.
 """
 from __future__ import annotations
 
-from absl import flags
-
+from l4f_jax.config import define_flags, from_flags
 from l4f_jax.system import cli
-from l4f_jax.system.convert import convert_file
-from l4f_jax.config import stop_if_parse_only
-from l4f_jax.errors import UserError
+from l4f_jax.system.convert import ConvertConfig, convert_file
 
-_SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pt) to convert.")
-_DST = flags.DEFINE_string("dst", None, "Output weight directory (must not exist).")
-_ALLOW_PICKLE = flags.DEFINE_bool(
-    "allow_pickle", False, "Load with weights_only=False (trusted files only: it can run code).")
-_LR_MLP = flags.DEFINE_float("lr_mlp", 0.01, "Mapping-network lr multiplier the generator used.")
-_SIZE = flags.DEFINE_integer("size", None, "Generator size, only for alpha-only files.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing weight directory at --dst.")
+define_flags(ConvertConfig)
 
 
 @cli.main("convert")
 def main(argv):
   del argv
-  if not _SRC.value or not _DST.value:
-    raise UserError("--src=<checkpoint.pt> and --dst=<new directory> are required")
-  stop_if_parse_only()
-  convert_file(_SRC.value, _DST.value, _ALLOW_PICKLE.value, _LR_MLP.value, _SIZE.value,
-               _OVERWRITE.value)
+  cfg = from_flags(ConvertConfig)
+  convert_file(cfg.src, cfg.dst, cfg.allow_pickle, cfg.lr_mlp, cfg.size, cfg.overwrite)
 
 
 if __name__ == "__main__":

@@ -458,7 +458,7 @@ CASES = {
         fsize_kib=16, keep=("{tmp}/model.pt",), absent=("{tmp}/w",)),
     "convert_src_is_a_directory": Case("convert", ("--src={tmp}", "--dst={tmp}/w"),
                                        says=("is a directory",), absent=("{tmp}/w",)),
-    "convert_missing_flags": Case("convert", ("--dst={tmp}/w",), says=("--src=", "required"),
+    "convert_missing_flags": Case("convert", ("--dst={tmp}/w",), says=("--src is required",),
                                   absent=("{tmp}/w",)),
     # -------------------------------------------------------------- prepare_data
     "prepare_data_16_bit_greyscale_png": Case(

@@ -11,6 +11,7 @@ conv [1, o, i, k, k] -> [k, k, i, o]; ToRGB bias [1, 3, 1, 1] -> [3]; constant [
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -21,9 +22,22 @@ import numpy as np
 from l4f_jax.models.alpha import alpha_levels, merge_names
 from l4f_jax.models.stylegan2 import channel_table, noise_shapes, num_layers
 from l4f_jax import errors
+from l4f_jax.config import option
 from l4f_jax.io import files
 from l4f_jax.system import weights
 from l4f_jax.errors import UserError
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+  """The options of experiments.convert (`convert_file(**fields)`)."""
+  src: str = option("", "PyTorch checkpoint (.pt) to convert.", nonempty=True)
+  dst: str = option("", "Output weight directory (must not exist).", nonempty=True)
+  allow_pickle: bool = option(False, "Load with weights_only=False (trusted files only: it can "
+                              "run code).")
+  lr_mlp: float = option(0.01, "Mapping-network lr multiplier the generator used.", gt=0)
+  size: Optional[int] = option(None, "Generator size, only for alpha-only files.", ge=4)
+  overwrite: bool = option(False, "Replace an existing weight directory at --dst.")
+
 
 ALLOW_PICKLE_HINT = "rerun with --allow_pickle (only for files you trust: it can execute code)"
 

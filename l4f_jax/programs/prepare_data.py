@@ -1,0 +1,72 @@
+"""Training datasets (tfds array_record) from a folder of images or the built-in world:
+`prepare(config) -> (dataset directory, summary line)`.
+
+  from l4f_jax.config import resolve
+  from l4f_jax.programs.prepare_data import PrepareConfig, prepare
+  path, line = prepare(resolve(PrepareConfig, src="photos/", name="mine", size=256))
+
+Folder images are resized (shorter side, LANCZOS) and centre-cropped as rosinality's
+prepare_data.py does, stored losslessly (PNG), decoded as experiments.segment decodes
+(`datasets.image_folder`); a dataset already prepared under --name from the same --src (files
+unchanged) is reused, another --src or changed files are refused unless `overwrite`. `src='shapes'`
+(or `synthetic`) builds the built-in world (`datasets.shapes`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional
+
+from absl import logging
+
+from l4f_jax.config import option
+from l4f_jax.datasets import image_folder, shapes
+from l4f_jax.errors import UserError
+from l4f_jax.io.files import check_writable_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+  src: Optional[str] = option(None, "Folder of images (searched recursively), or 'shapes'.")
+  name: Optional[str] = option(None, "Dataset name (directory under --data_dir); defaults to "
+                               "'l4f_shapes' for shapes.")
+  size: Optional[int] = option(None, "Output image side in pixels (default 64 for shapes).",
+                               ge=1)
+  data_dir: str = option("workspace/datasets", "Where datasets are written.", nonempty=True)
+  synthetic: bool = option(False, "Build l4f_shapes (same as --src=shapes).")
+  num_examples: int = option(4096, "Number of l4f_shapes examples.", ge=1)
+  seed: int = option(0, "l4f_shapes seed.")
+  overwrite: bool = option(False, "Rebuild a dataset already prepared under --name from another "
+                           "--src (or from files that changed since).")
+
+
+def prepare(cfg: PrepareConfig) -> tuple[str, str]:
+  """Builds (or reuses) the dataset; returns its directory and a one-line summary."""
+  t0 = time.time()
+  synthetic = cfg.synthetic or cfg.src == "shapes"
+  needed = ((cfg.src, "--src is required: a folder of images, or --src=shapes"),
+            (cfg.name, "--name is required for an image folder, e.g. --name=ffhq"),
+            (cfg.size, "--size is required for an image folder, e.g. --size=256"))
+  for value, what in needed:
+    if not (synthetic or value):
+      raise UserError(what)
+  check_writable_dir(cfg.data_dir, "--data_dir")
+  if synthetic:
+    if cfg.name not in (None, "l4f_shapes"):
+      logging.warning("--name is ignored for shapes (directory is l4f_shapes)")
+    size = cfg.size or 64
+    try:
+      path = shapes.prepare_shapes(cfg.data_dir, size=size, num_examples=cfg.num_examples,
+                                   seed=cfg.seed)
+    except ValueError as e:
+      raise UserError(str(e)) from None
+    return path, (f"l4f_shapes: {cfg.num_examples} images at {size}px in {path} "
+                  f"({time.time() - t0:.1f} s)")
+  try:
+    r = image_folder.prepare_image_folder(cfg.src, cfg.data_dir, cfg.name, cfg.size,
+                                          overwrite=cfg.overwrite)
+  except (ValueError, FileNotFoundError) as e:
+    raise UserError(str(e)) from None
+  verb = "already prepared" if r["reused"] else "written"
+  return r["path"], (f"{cfg.name}: {r['written']} images {verb}, {r['skipped']} unreadable "
+                     f"skipped, at {cfg.size}px in {r['path']} ({time.time() - t0:.1f} s)")
