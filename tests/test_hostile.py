@@ -756,6 +756,16 @@ CASES = {
         "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
                     "--max_pixels=100"), says=("none of the 1 image(s) could be read",),
         setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "segment_max_pixels_zero": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
+                    "--max_pixels=0"), says=("--max_pixels=0 must be >= 1",),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "convert_lr_mlp_zero": Case(
+        "convert", ("--src={tmp}/model.pt", "--dst={tmp}/w", "--lr_mlp=0"),
+        says=("--lr_mlp=0.0 must be > 0",), setup=_file("model.pt", b"x"), absent=("{tmp}/w",)),
+    "prepare_data_size_zero": Case(
+        "prepare_data", ("--src={tmp}/src", "--name=toy", "--size=0", "--data_dir={tmp}/data"),
+        says=("--size=0 must be >= 1",), setup=_images("src", ("rgb",)), absent=("{tmp}/data",)),
     "prepare_data_symlink_loop": Case(
         "prepare_data", ("--src={tmp}/src", "--name=loop", "--size=8", "--data_dir={tmp}/data"),
         code=0, says=("1 images written",), setup=_symlink_loop("src"),
@@ -969,7 +979,7 @@ def test_hostile_input(name, outcomes, world):
 
 
 def test_enough_cases():
-  assert len(CASES) >= 110
+  assert len(CASES) >= 116
   progs = {c.prog for c in CASES.values()}
   assert progs == {"train", "pretrain_gan", "convert", "prepare_data", "sample", "evaluate",
                    "benchmark", "make_pairs", "train_student", "segment", "pipeline", "invert",
