@@ -1,0 +1,34 @@
+"""The repository installs as a package (`pip install .`): `import l4f_jax` and the shipped
+generator work from any folder, not only from the repository root."""
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.tiny_world import ROOT
+
+
+def test_pip_install_then_import_outside_the_repository(tmp_path):
+  src = tmp_path / "src"
+  files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+  for f in files:  # a copy, so that the build leaves nothing in the checkout
+    os.makedirs(src / os.path.dirname(f), exist_ok=True)
+    shutil.copy2(os.path.join(ROOT, f), src / f)
+  target = tmp_path / "site"
+  r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                      "--no-build-isolation", "--target", str(target), str(src)],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  code = ("import os, experiments, l4f_jax\n"
+          "from l4f_jax.system.weights import load_generator\n"
+          "assert l4f_jax.__file__.startswith(os.environ['TARGET'])\n"
+          "g = load_generator(os.path.join(os.path.dirname(experiments.__file__), 'assets', "
+          "'shapes64'))\n"
+          "print(g.size)\n")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env.update(PYTHONPATH=str(target), TARGET=str(target), JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.strip() == "64"
