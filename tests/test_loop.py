@@ -110,7 +110,7 @@ def test_lock_refuses_a_second_live_run_and_replaces_a_stale_one(tmp_path):
 
 
 def _fake_training(run, start, end, nan_at=None, signal_at=None, save_every=4, log_every=3,
-                   profile=None):
+                   profile=None, hooks=()):
   """A jitted 'training' of one scalar parameter; metrics become NaN from `nan_at` on."""
   state = {"w": jnp.zeros(()), "step": jnp.zeros((), jnp.int32)}
   state, start = run.restore_or(state)
@@ -128,7 +128,7 @@ def _fake_training(run, start, end, nan_at=None, signal_at=None, save_every=4, l
   batches = ((i, jnp.float32(i)) for i in range(start, end))
   return loop.train_loop(state, batches, step_fn, run=run, start=start, end=end,
                          log_every=log_every, save_every=save_every, console_keys=("loss",),
-                         profile_steps=profile)
+                         profile_steps=profile, hooks=hooks)
 
 
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_path):
@@ -271,3 +271,19 @@ def test_non_finite_weights_are_never_written(tmp_path):
   with pytest.raises(UserError, match=r"non-finite weights in alpha/conv/bias"):
     weights.save_weights(str(tmp_path / "w"), {"kind": "x"}, trees)
   assert os.listdir(tmp_path) == []
+
+
+def test_hooks_run_on_their_schedules_with_the_iterations_metrics(tmp_path):
+  """A caller's hook runs after the iterations it is due (every 5, and the last), after the
+  built-in checkpoint hook, with the metrics of that very iteration fetched to the host."""
+  seen = []
+  record = lambda i, state, m: seen.append((i, float(m["loss"]), int(state["step"])))
+  hook = loop.Hook("record", loop.every(5, last=11), record, needs_metrics=True)
+  run = _open(tmp_path / "w")
+  try:
+    _fake_training(run, 0, 12, hooks=[hook])
+  finally:
+    run.close()
+  # w after iteration i is 0 + 1 + ... + i; loss = 2 w; the state has taken i + 1 steps
+  assert seen == [(i, float(i * (i + 1)), i + 1) for i in (0, 5, 10, 11)]
+  assert run.ckpt.all_steps() == [8, 12]

@@ -210,19 +210,39 @@ def tree_is_finite(tree) -> bool:
   return all(np.all(np.isfinite(x)) for x in leaves if np.issubdtype(x.dtype, np.floating))
 
 
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """A periodic action of the training loop, run after iteration i when `due(i)` (clu's
+  PeriodicAction does this job; clu 0.0.12's periodic_actions cannot be imported without
+  TensorFlow). `action(i, state, metrics)` gets the host metrics of iteration i (fetched once for
+  every due hook that `needs_metrics`, else None). Hooks run in list order."""
+  name: str
+  due: Callable[[int], bool]
+  action: Callable[[int, Any, Optional[dict]], None]
+  needs_metrics: bool = False
+
+
+def every(n: int, last: int, phase: int = 0) -> Callable[[int], bool]:
+  """Due after iterations i with (i + phase) % n == 0, and after the last one."""
+  return lambda i: (i + phase) % n == 0 or i == last
+
+
 def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: int, end: int,
                log_every: int, save_every: int, sample_every: int = 0,
                on_sample: Optional[Callable[[int, Any], None]] = None,
                console_keys: Iterable[str] = (), sticky_keys: Iterable[str] = (),
                guard: Optional[Callable[[dict], Optional[str]]] = None,
-               profile_steps: Optional[tuple[int, int]] = None):
+               profile_steps: Optional[tuple[int, int]] = None, hooks: Iterable[Hook] = ()):
   """Runs iterations start .. end - 1 (module docstring); returns the final state.
 
   batches: iterable of (i, batch); step_fn(i, state, batch) -> (state, metrics of scalars).
+  After each iteration the loop runs its hooks that are due, in this order: the finiteness check
+  and `guard` (at every log and checkpoint iteration), metrics and progress (every `log_every`),
+  grids (`on_sample(i, state)` every `sample_every`), the checkpoint (after iterations i with
+  (i + 1) % save_every == 0), then the caller's `hooks`; each also after the last iteration.
   `sticky_keys` are metrics only some iterations produce (e.g. R1): the latest value is logged.
-  `on_sample(i, state)` runs after iterations i with i % sample_every == 0 and the last one.
-  `guard(metrics) -> reason or None` is checked with the finiteness check: a reason stops the run
-  the same way (one line naming the iteration; that state is never checkpointed).
+  `guard(metrics) -> reason or None` stops the run as a non-finite metric does (one line naming
+  the iteration; that state is never checkpointed).
   `profile_steps=(a, b)` traces iterations a .. b - 1 with jax.profiler into <workdir>/profile
   (view with TensorBoard's profile plugin or Perfetto), process 0 only.
   """
@@ -230,20 +250,37 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
   progress = metrics_log.Progress(start, end)
   in_flight = collections.deque()
   sticky: dict = {}
-  saved = run.latest
+  saved = [run.latest]
   last = end - 1
   console_keys = tuple(console_keys)
+  log_due, save_due = every(log_every, last), every(save_every, last, phase=1)
 
-  def check(i, m):
+  def check(i, _, m):
     bad = nonfinite(m)
     reason = (f"non-finite {', '.join(f'{k}={float(np.asarray(m[k]))}' for k in bad[:3])}"
               if bad else guard(m) if guard else None)
     if reason:
-      where = (f"the last good checkpoint is iteration {saved} in {run.ckpt.directory}"
-               if saved else "no checkpoint was saved")
+      where = (f"the last good checkpoint is iteration {saved[0]} in {run.ckpt.directory}"
+               if saved[0] else "no checkpoint was saved")
       run.ckpt.wait()
-      fix = "lower --lr or check the inputs" if bad else "see the README's collapse watch"
+      fix = "lower --lr or check the inputs" if bad else "see docs/training.md, collapse watch"
       raise UserError(f"iteration {i}: {reason}; the run stopped and {where}; {fix}")
+
+  def log(i, _, m):
+    run.writer.write(i, m)
+    metrics_log.log_console(progress.line(i + 1) + "".join(
+        f"  {k} {float(m[k]):.4f}" for k in console_keys if k in m))
+
+  def save(i, state, _):
+    run.save(i + 1, state)
+    saved[0] = i + 1
+    interrupts.set_note(f"the latest complete checkpoint in {run.ckpt.directory} resumes the run")
+
+  all_hooks = [Hook("check", lambda i: log_due(i) or save_due(i), check, needs_metrics=True),
+               Hook("log", log_due, log, needs_metrics=True)]
+  if on_sample is not None and sample_every:
+    all_hooks.append(Hook("grid", every(sample_every, last), lambda i, s, _: on_sample(i, s)))
+  all_hooks += [Hook("checkpoint", save_due, save), *hooks]
 
   with interrupts.cooperative() as signals:
     try:
@@ -255,26 +292,15 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
         in_flight.append(next(iter(metrics.values())))
         if len(in_flight) > 2:  # wait (no transfer) for iteration i - 2, keeping two queued
           in_flight.popleft().block_until_ready()
-        log = i % log_every == 0 or i == last
-        save = (i + 1) % save_every == 0 or i == last
-        if log or save:
-          m = jax.device_get({**metrics, **sticky})
-          check(i, m)
-          if log:
-            run.writer.write(i, m)
-            metrics_log.log_console(progress.line(i + 1) + "".join(
-                f"  {k} {float(m[k]):.4f}" for k in console_keys if k in m))
-        if on_sample is not None and sample_every and (i % sample_every == 0 or i == last):
-          on_sample(i, state)
-        if save:
-          run.save(i + 1, state)
-          saved = i + 1
-          interrupts.set_note(f"the latest complete checkpoint in {run.ckpt.directory} resumes "
-                              "the run")
+        due = [h for h in all_hooks if h.due(i)]
+        m = (jax.device_get({**metrics, **sticky}) if any(h.needs_metrics for h in due)
+             else None)
+        for h in due:
+          h.action(i, state, m)
         if signals.caught:
           done = i + 1
           with interrupts.finishing():
-            if saved != done:
+            if saved[0] != done:
               run.save(done, state)
             run.ckpt.wait()
           raise Interrupted(f"stopped by {signals.caught} after iteration {i}; checkpoint "
