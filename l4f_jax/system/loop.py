@@ -227,6 +227,39 @@ def every(n: int, last: int, phase: int = 0) -> Callable[[int], bool]:
   return lambda i: (i + phase) % n == 0 or i == last
 
 
+def _builtin_hooks(run: Run, progress, last: int, saved: list, *, log_every: int, save_every: int,
+                   sample_every: int, on_sample, console_keys: tuple, guard) -> list[Hook]:
+  """The loop's own hooks (see `train_loop`); `saved[0]` tracks the last checkpointed step."""
+  log_due, save_due = every(log_every, last), every(save_every, last, phase=1)
+
+  def check(i, _, m):
+    bad = nonfinite(m)
+    reason = (f"non-finite {', '.join(f'{k}={float(np.asarray(m[k]))}' for k in bad[:3])}"
+              if bad else guard(m) if guard else None)
+    if reason:
+      where = (f"the last good checkpoint is iteration {saved[0]} in {run.ckpt.directory}"
+               if saved[0] else "no checkpoint was saved")
+      run.ckpt.wait()
+      fix = "lower --lr or check the inputs" if bad else "see docs/training.md, collapse watch"
+      raise UserError(f"iteration {i}: {reason}; the run stopped and {where}; {fix}")
+
+  def log(i, _, m):
+    run.writer.write(i, m)
+    metrics_log.log_console(progress.line(i + 1) + "".join(
+        f"  {k} {float(m[k]):.4f}" for k in console_keys if k in m))
+
+  def save(i, state, _):
+    run.save(i + 1, state)
+    saved[0] = i + 1
+    interrupts.set_note(f"the latest complete checkpoint in {run.ckpt.directory} resumes the run")
+
+  hooks = [Hook("check", lambda i: log_due(i) or save_due(i), check, needs_metrics=True),
+           Hook("log", log_due, log, needs_metrics=True)]
+  if on_sample is not None and sample_every:
+    hooks.append(Hook("grid", every(sample_every, last), lambda i, s, _: on_sample(i, s)))
+  return hooks + [Hook("checkpoint", save_due, save)]
+
+
 def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: int, end: int,
                log_every: int, save_every: int, sample_every: int = 0,
                on_sample: Optional[Callable[[int, Any], None]] = None,
@@ -253,34 +286,9 @@ def train_loop(state, batches: Iterable, step_fn: Callable, *, run: Run, start: 
   saved = [run.latest]
   last = end - 1
   console_keys = tuple(console_keys)
-  log_due, save_due = every(log_every, last), every(save_every, last, phase=1)
-
-  def check(i, _, m):
-    bad = nonfinite(m)
-    reason = (f"non-finite {', '.join(f'{k}={float(np.asarray(m[k]))}' for k in bad[:3])}"
-              if bad else guard(m) if guard else None)
-    if reason:
-      where = (f"the last good checkpoint is iteration {saved[0]} in {run.ckpt.directory}"
-               if saved[0] else "no checkpoint was saved")
-      run.ckpt.wait()
-      fix = "lower --lr or check the inputs" if bad else "see docs/training.md, collapse watch"
-      raise UserError(f"iteration {i}: {reason}; the run stopped and {where}; {fix}")
-
-  def log(i, _, m):
-    run.writer.write(i, m)
-    metrics_log.log_console(progress.line(i + 1) + "".join(
-        f"  {k} {float(m[k]):.4f}" for k in console_keys if k in m))
-
-  def save(i, state, _):
-    run.save(i + 1, state)
-    saved[0] = i + 1
-    interrupts.set_note(f"the latest complete checkpoint in {run.ckpt.directory} resumes the run")
-
-  all_hooks = [Hook("check", lambda i: log_due(i) or save_due(i), check, needs_metrics=True),
-               Hook("log", log_due, log, needs_metrics=True)]
-  if on_sample is not None and sample_every:
-    all_hooks.append(Hook("grid", every(sample_every, last), lambda i, s, _: on_sample(i, s)))
-  all_hooks += [Hook("checkpoint", save_due, save), *hooks]
+  all_hooks = _builtin_hooks(run, progress, last, saved, log_every=log_every,
+                             save_every=save_every, sample_every=sample_every, on_sample=on_sample,
+                             console_keys=console_keys, guard=guard) + list(hooks)
 
   with interrupts.cooperative() as signals:
     try:
