@@ -34,84 +34,33 @@ Configurations (--config; the flags --size/--batch/--channel_multiplier apply wi
   gpu256 / gpu512 / gpu1024   config-f (style 512, 8 mapping layers, channel_multiplier 2); 4 x 2
 
 The benchmarks live in `l4f_jax.programs.benchmarking` (add one there: `bench_<name>(args)` registered
-in BENCHMARKS); this CLI parses and checks the flags and prints the report.
+in BENCHMARKS); its flags are the fields of `BenchmarkConfig` there; this CLI prints the report.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from absl import flags
-
-from l4f_jax.system import cli
-from l4f_jax.programs.benchmarking import BENCHMARKS, Args, load, report
-from l4f_jax.config import stop_if_parse_only
+from l4f_jax.config import define_flags, from_flags
 from l4f_jax.errors import UserError
-from l4f_jax.system.flops import CONFIGS
+from l4f_jax.programs.benchmarking import BENCHMARKS, BenchmarkConfig, load, plan, report
+from l4f_jax.system import cli
 
-_WHAT = flags.DEFINE_string("what", "generator", "Benchmark(s) to run, comma-separated, or 'all' "
-                            "(see BENCHMARKS).")
-_CONFIG = flags.DEFINE_string("config", None, "Named configuration (see CONFIGS); iteration "
-                              "defaults to 'cpu'.")
-_SIZE = flags.DEFINE_integer("size", 256, "Image size (without --config).")
-_BATCH = flags.DEFINE_integer("batch", None, "Batch size (default: the config's, else 4).")
-_DEVICES = flags.DEFINE_integer("devices", None, "Emulated devices the batch is split into "
-                                "(default: the config's).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).")
-_CHANNEL_MULTIPLIER = flags.DEFINE_integer("channel_multiplier", 2, "1 or 2 (config-f).")
-_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
-_TORCH_THREADS = flags.DEFINE_list("torch_threads", ["1", "0"], "torch.set_num_threads values, each "
-                                   "timed (interleaved); 0 = torch's default (all cores). The "
-                                   "ratio uses the fastest.")
-_TORCH_MODCONV = flags.DEFINE_multi_enum("torch_modconv", ["fused", "nonfused"],
-                                         ["fused", "nonfused", "nonfused_depthwise"],
-                                         "torch reference(s) to time: rosinality's fused "
-                                         "(batch-grouped) modulated conv, the official path; its "
-                                         "non-fused path; and the non-fused path with every blur "
-                                         "as one depthwise conv (a lean PyTorch StyleGAN2).")
-_TORCH_DEVICE = flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
-                                  "Device of the torch reference (auto: cuda when available).")
-_COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
-                                   "JAX compute dtype of G and D (L4FConfig.compute_dtype); "
-                                   "bfloat16 also prints its parity against float32.")
-_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before JAX starts.")
+define_flags(BenchmarkConfig)
 
 
 @cli.main("benchmark")
 def main(argv):
   del argv
-  whats = sorted(BENCHMARKS) if _WHAT.value == "all" else _WHAT.value.split(",")
-  for w in whats:
-    if w not in BENCHMARKS:
-      raise UserError(f"--what={w} is unknown; choose from {sorted(BENCHMARKS)} or all")
-  name = _CONFIG.value or ("cpu" if "iteration" in whats else None)
-  if name is not None and name not in CONFIGS:
-    raise UserError(f"--config={name} is unknown; choose one of {sorted(CONFIGS)}")
-  config = CONFIGS[name] if name else None
-  if config is not None and _DEVICES.value:
-    config = dataclasses.replace(config, devices=_DEVICES.value)
-  size = config.size if config else _SIZE.value
-  if size < 8 or size & (size - 1):
-    raise UserError(f"--size={size} must be a power of two >= 8")
-  batch = _BATCH.value or (config.batch if config else 4)
-  if batch < 1 or _REPEATS.value < 1:
-    raise UserError("--batch and --repeats must be >= 1")
-  if not _TORCH_THREADS.value or not all(n.isdigit() for n in _TORCH_THREADS.value):
-    raise UserError(f"--torch_threads={_TORCH_THREADS.value} must be integers >= 0")
-  if _CHANNEL_MULTIPLIER.value not in (1, 2):
-    raise UserError(f"--channel_multiplier={_CHANNEL_MULTIPLIER.value} must be 1 or 2")
-  stop_if_parse_only()
-  if _TORCH.value:
+  cfg = from_flags(BenchmarkConfig)
+  whats, args = plan(cfg)
+  if cfg.torch:
     from l4f_jax.system.convert import import_torch  # pylint: disable=import-outside-toplevel
     try:
       import_torch("timing the PyTorch reference")
     except UserError as e:
       raise UserError(f"{e}; or pass --notorch to time JAX alone") from None
-  if _XLA_FLAGS.value:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _XLA_FLAGS.value).strip()
-  args = Args(size, batch, _REPEATS.value, _CHANNEL_MULTIPLIER.value, _TORCH.value,
-              tuple(int(n) for n in _TORCH_THREADS.value), config, name or "",
-              _TORCH_DEVICE.value, _COMPUTE_DTYPE.value, tuple(_TORCH_MODCONV.value))
+  if cfg.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + cfg.xla_flags).strip()
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {load()}", flush=True)
   for w in whats:
     for line in report(w, args, BENCHMARKS[w](args)):

@@ -2,9 +2,10 @@ r"""The whole framework on one command: A -> pairs -> student -> masks of real i
 
   python -m experiments.pipeline --flagfile=experiments/flags/shapes_pipeline.flags
 
-The flags are those of experiments.train (stage 1) plus the fields of
-`l4f_jax.programs.pipeline.PipelineConfig` (pairs_*, student_*, aug_*, real_test*); its module
-docstring lists the stages and outputs. Re-running resumes or reuses every stage.
+The flags are those of experiments.train (stage 1), those of experiments.make_pairs and
+experiments.train_student prefixed `pairs_` and `student_` (paths, seed and devices derived), and
+--real_test*: `l4f_jax.programs.pipeline.PipelineConfig`, whose module docstring lists the stages
+and outputs. Re-running resumes or reuses every stage.
 """
 from __future__ import annotations
 

@@ -52,23 +52,30 @@ def _base_type(tp):
   return tp
 
 
-def nested(cls, *, prefix: str = "", flags: bool = True):
+def nested(cls, *, prefix: str = "", flags: bool = True, derived: tuple[str, ...] = ()):
   """A field holding a nested config `cls()`; its flags get `prefix` (e.g. 'student_'), or none
-  at all with flags=False (a stage whose options the enclosing program derives)."""
-  return dataclasses.field(default_factory=cls, metadata=dict(prefix=prefix, flags=flags))
+  at all with flags=False (a stage whose options the enclosing program derives). `derived` names
+  the fields of `cls` (nested ones by their own field name) that the enclosing program sets, e.g.
+  a stage's input and output paths: they get no flag."""
+  unknown = set(derived) - {f.name for f in dataclasses.fields(cls)}
+  if unknown:
+    raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+  return dataclasses.field(default_factory=cls, metadata=dict(prefix=prefix, flags=flags,
+                                                              derived=tuple(derived)))
 
 
-def _fields(cls, prefix="", flag_prefix="", flags_on=True):
+def _fields(cls, prefix="", flag_prefix="", flags_on=True, derived=()):
   """Yields (path, flag name or None, field, base type) for every leaf field, nested included."""
   hints = typing.get_type_hints(cls)
   for f in dataclasses.fields(cls):
     tp = _base_type(hints[f.name])
+    on = flags_on and f.name not in derived
     if dataclasses.is_dataclass(tp):
       yield from _fields(tp, prefix + f.name + ".", flag_prefix + f.metadata.get("prefix", ""),
-                         flags_on and f.metadata.get("flags", True))
+                         on and f.metadata.get("flags", True), f.metadata.get("derived", ()))
       continue
     name = f.metadata.get("flag", f.name)
-    yield prefix + f.name, (flag_prefix + name if name is not None and flags_on else None), f, tp
+    yield prefix + f.name, (flag_prefix + name if name is not None and on else None), f, tp
 
 
 def flag_names(cls) -> dict[str, str]:

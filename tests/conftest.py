@@ -12,3 +12,10 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def pytest_configure(config):
   # Registered, not deselected: slow tests run in the default command (`pytest -m "not slow"` skips).
   config.addinivalue_line("markers", "slow: long-running test (still part of the default run)")
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker per core, at least 2, at most 4 (each holds 4 fake devices and up to
+  about 3 GB)."""
+  del config
+  return min(max(os.cpu_count() or 1, 2), 4)

@@ -30,8 +30,7 @@ def test_iteration_flops_match_spec_estimate():
 def test_iteration_tiny_runs_and_prints_ratio():
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--what=iteration", "--config=tiny",
-       "--repeats=1", "--torch_threads=1", "--torch_modconv=fused",
-       "--torch_modconv=nonfused_depthwise"],
+       "--repeats=1", "--torch_threads=1", "--torch_modconv=fused,nonfused_depthwise"],
       cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = proc.stdout

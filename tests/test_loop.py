@@ -66,6 +66,21 @@ def test_nested_prefix_and_unknown_option():
   with pytest.raises(TypeError):
     C.resolve(Outer, nope=1)
 
+  @dataclasses.dataclass(frozen=True)
+  class Pair:
+    x: int = C.option(1, "x", ge=0)
+    y: Inner = C.nested(Inner, prefix="y_")
+
+  @dataclasses.dataclass(frozen=True)
+  class Stage:  # the enclosing program sets `x` and the whole of `y` (e.g. a stage's paths)
+    s: Pair = C.nested(Pair, prefix="s_", derived=("x", "y"))
+    t: Pair = C.nested(Pair, prefix="t_", derived=("x",))
+
+  assert C.flag_names(Stage) == {"t.y.x": "t_y_x"}
+  assert C.resolve(Stage, s__x=5, t_y_x=6).s.x == 5
+  with pytest.raises(TypeError, match="no fields"):
+    C.nested(Pair, derived=("z",))
+
 
 # ------------------------------------------------------------------------------------- run dirs
 

@@ -20,9 +20,10 @@ import statistics
 import time
 from typing import Callable, Optional
 
+from l4f_jax.config import option
 from l4f_jax.errors import UserError
-from l4f_jax.system.flops import (Config, discriminator_macs, generator_macs, iteration_flops,
-                                  peak_tflops)
+from l4f_jax.system.flops import (CONFIGS, Config, discriminator_macs, generator_macs,
+                                  iteration_flops, peak_tflops)
 
 
 @dataclasses.dataclass
@@ -413,6 +414,74 @@ BENCHMARKS: dict[str, Callable[[Args], list[Result]]] = {
     "generator": bench_generator,
     "iteration": bench_iteration,
 }
+
+
+def _names(value: str) -> list[str]:
+  return [v for v in value.split(",") if v]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  """The options of experiments.benchmark; `plan(cfg)` gives the benchmarks and their Args."""
+  what: str = option("generator", "Benchmark(s) to run, comma-separated, or 'all' (see "
+                     "BENCHMARKS).")
+  config: Optional[str] = option(None, "Named configuration (see CONFIGS); iteration defaults to "
+                                 "'cpu'.")
+  size: int = option(256, "Image size (without --config).")
+  batch: Optional[int] = option(None, "Batch size (default: the config's, else 4).", ge=1)
+  devices: Optional[int] = option(None, "Emulated devices the batch is split into (default: the "
+                                  "config's).", ge=1)
+  repeats: int = option(5, "Timed repetitions (median reported).", ge=1)
+  channel_multiplier: int = option(2, "1 or 2 (config-f).")
+  torch: bool = option(True, "Also time the PyTorch reference.")
+  torch_threads: str = option("1,0", "torch.set_num_threads values, comma-separated, each timed "
+                              "(interleaved); 0 = torch's default (all cores). The ratio uses "
+                              "the fastest.")
+  torch_modconv: str = option("fused,nonfused", "torch reference(s) to time, comma-separated: "
+                              "rosinality's fused (batch-grouped) modulated conv, the official "
+                              "path; its non-fused path ('nonfused'); and the non-fused path with "
+                              "every blur as one depthwise conv ('nonfused_depthwise': a lean "
+                              "PyTorch StyleGAN2).")
+  torch_device: str = option("auto", "Device of the torch reference (auto: cuda when available).",
+                             choices=("auto", "cpu", "cuda"))
+  compute_dtype: str = option("float32", "JAX compute dtype of G and D (L4FConfig.compute_dtype); "
+                              "bfloat16 also prints its parity against float32.",
+                              choices=("float32", "bfloat16"))
+  xla_flags: str = option("", "Appended to XLA_FLAGS before JAX starts.")
+
+  def __post_init__(self):  # the checks `config.validate` cannot express (before parse-only ends)
+    plan(self)
+
+
+def plan(cfg: BenchmarkConfig) -> tuple[list[str], Args]:
+  """(the benchmarks to run, their Args), or a UserError naming the flag."""
+  whats = sorted(BENCHMARKS) if cfg.what == "all" else _names(cfg.what)
+  for w in whats or [cfg.what]:
+    if w not in BENCHMARKS:
+      raise UserError(f"--what={w} is unknown; choose from {sorted(BENCHMARKS)} or all")
+  name = cfg.config or ("cpu" if "iteration" in whats else None)
+  if name is not None and name not in CONFIGS:
+    raise UserError(f"--config={name} is unknown; choose one of {sorted(CONFIGS)}")
+  config = CONFIGS[name] if name else None
+  if config is not None and cfg.devices:
+    config = dataclasses.replace(config, devices=cfg.devices)
+  size = config.size if config else cfg.size
+  if size < 8 or size & (size - 1):
+    raise UserError(f"--size={size} must be a power of two >= 8")
+  threads = _names(cfg.torch_threads)
+  if not threads or not all(n.isdigit() for n in threads):
+    raise UserError(f"--torch_threads={cfg.torch_threads} must be integers >= 0, e.g. 1,0")
+  modconv = _names(cfg.torch_modconv)
+  for kind in modconv or [cfg.torch_modconv]:
+    if kind not in TORCH_REFERENCES:
+      raise UserError(f"--torch_modconv={kind!r} is unknown; choose from "
+                      f"{', '.join(TORCH_REFERENCES)} (comma-separated)")
+  if cfg.channel_multiplier not in (1, 2):
+    raise UserError(f"--channel_multiplier={cfg.channel_multiplier} must be 1 or 2")
+  batch = cfg.batch or (config.batch if config else 4)
+  return whats, Args(size, batch, cfg.repeats, cfg.channel_multiplier, cfg.torch,
+                     tuple(int(n) for n in threads), config, name or "", cfg.torch_device,
+                     cfg.compute_dtype, tuple(modconv))
 
 
 def report(what: str, args: Args, results: list[Result]) -> list[str]:

@@ -16,8 +16,10 @@ loading path, one loop), each resuming or reusing its output when re-run:
   5. <workdir>/eval.json: {'labels4free': A on generated images vs the oracle, 'student': the
      student on the real test split vs the exact masks (official metrics), 'timing'}; FP/FN
      pictures in <workdir>/real_test_errors.png.
-The flags of stage 1 are experiments.train's; the other stages take the `pairs_*`, `student_*` and
-`aug_*` flags below and derive every path from --workdir.
+The flags of stage 1 are experiments.train's; stages 2 and 3 take experiments.make_pairs' and
+experiments.train_student's flags prefixed `pairs_` and `student_` (e.g. --pairs_n, --student_steps,
+--student_aug_flip), less the paths, seed and devices, which the pipeline derives from --workdir and
+stage 1.
 """
 from __future__ import annotations
 
@@ -28,28 +30,23 @@ import time
 
 from l4f_jax.config import nested, option, to_dict
 from l4f_jax.errors import UserError
-from l4f_jax.system import augment, metrics_log, weights
+from l4f_jax.system import metrics_log, weights
 from l4f_jax.programs import evaluate, pairs, segment
 from l4f_jax.programs import train_labels4free, train_student
-from l4f_jax.method import masks
+
+
+# What the pipeline sets itself: every path from --workdir, and the seed and devices of stage 1.
+_PAIRS_DERIVED = ("generator", "alpha", "out", "overwrite", "seed", "num_devices")
+_STUDENT_DERIVED = ("pairs", "workdir", "export", "overwrite", "seed", "num_devices",
+                    "sample_every", "save_every", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   labels4free: train_labels4free.TrainConfig = nested(train_labels4free.TrainConfig)
-  pairs_n: int = option(2048, "Generated pairs for the student.", ge=1)
-  pairs_truncation: float = option(0.7, "Truncation psi of the pairs' images.", gt=0, le=1)
-  pairs_max_undecided: float = option(1.0, "Drop pairs with a larger fraction of undecided "
-                                      "pixels (1 keeps all).", ge=0, le=1)
-  student_steps: int = option(600, "Student training steps.", ge=1)
-  student_batch: int = option(8, "Student batch per device.", ge=1)
-  student_lr: float = option(1e-3, "Student Adam learning rate.", gt=0)
-  student_width: int = option(16, "Student U-Net width.", ge=1)
-  student_depth: int = option(3, "Student U-Net downsamplings.", ge=1)
-  student_max_width: int = option(64, "Student U-Net channel cap.", ge=1)
-  student_threshold: float = option(masks.HARD_MASK_THRESHOLD, "Student hard mask = alpha > "
-                                    "threshold (0.9: the official rule).", ge=0, le=1)
-  augment: augment.AugmentConfig = nested(augment.AugmentConfig, prefix="aug_")
+  pairs: pairs.PairsConfig = nested(pairs.PairsConfig, prefix="pairs_", derived=_PAIRS_DERIVED)
+  student: train_student.StudentConfig = nested(train_student.StudentConfig, prefix="student_",
+                                                derived=_STUDENT_DERIVED)
   real_test: str = option("workspace/datasets/l4f_shapes_real_test", "Held-out real test split "
                           "of the built-in world (images/ + masks/; built if missing); empty = "
                           "no real-image stage (datasets without exact masks).")
@@ -58,23 +55,21 @@ class PipelineConfig:
 
 def _pairs_config(cfg: PipelineConfig, workdir: str) -> pairs.PairsConfig:
   l4f = cfg.labels4free
-  return pairs.PairsConfig(generator=l4f.generator, alpha=os.path.join(workdir, "alpha"),
-                           out=os.path.join(workdir, "pairs"), n=cfg.pairs_n,
-                           truncation=cfg.pairs_truncation, max_undecided=cfg.pairs_max_undecided,
-                           seed=l4f.seed, batch=16, num_devices=l4f.num_devices or 0)
+  return dataclasses.replace(cfg.pairs, generator=l4f.generator,
+                             alpha=os.path.join(workdir, "alpha"),
+                             out=os.path.join(workdir, "pairs"), seed=l4f.seed,
+                             num_devices=l4f.num_devices or 0)
 
 
 def _student_config(cfg: PipelineConfig, workdir: str) -> train_student.StudentConfig:
-  s = train_student.StudentConfig()
+  """The student stage: its flags, the paths under --workdir, grids and checkpoints at each third
+  of the steps, metrics at each fifteenth."""
+  steps = cfg.student.steps
   return dataclasses.replace(
-      s, pairs=os.path.join(workdir, "pairs"), workdir=os.path.join(workdir, "student"),
-      export=os.path.join(workdir, "segmenter"), steps=cfg.student_steps,
-      batch=cfg.student_batch, hp=dataclasses.replace(s.hp, lr=cfg.student_lr),
-      arch=dataclasses.replace(s.arch, width=cfg.student_width, depth=cfg.student_depth,
-                               max_width=cfg.student_max_width), augment=cfg.augment,
-      threshold=cfg.student_threshold, seed=cfg.labels4free.seed,
-      num_devices=cfg.labels4free.num_devices, sample_every=max(cfg.student_steps // 3, 1),
-      save_every=max(cfg.student_steps // 3, 1), log_every=max(cfg.student_steps // 15, 1))
+      cfg.student, pairs=os.path.join(workdir, "pairs"), workdir=os.path.join(workdir, "student"),
+      export=os.path.join(workdir, "segmenter"), seed=cfg.labels4free.seed,
+      num_devices=cfg.labels4free.num_devices, sample_every=max(steps // 3, 1),
+      save_every=max(steps // 3, 1), log_every=max(steps // 15, 1))
 
 
 def _reuse_pairs(pc: pairs.PairsConfig) -> bool:

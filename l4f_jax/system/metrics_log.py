@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging as logging_std
 import os
+import sys
 import time
 from typing import Mapping, Optional
 
@@ -52,8 +53,7 @@ class MetricsWriter:
     self._tb = None
     if self.enabled:
       os.makedirs(logdir, exist_ok=True)
-      from tensorboardX import SummaryWriter  # event files without TensorFlow
-      self._tb = SummaryWriter(logdir)
+      self._tb = _summary_writer()(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -68,6 +68,21 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _summary_writer():
+  """tensorboardX's SummaryWriter (event files without TensorFlow), imported without torch:
+  tensorboardX imports torch when it is installed (1.4 s) only to accept torch tensors, which
+  this project never passes."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 def write_json(path: str, obj) -> None:
