@@ -3,9 +3,12 @@ r"""Segment any images with a trained student: raw images in, masks out.
   python -m experiments.segment --segmenter=workspace/runs/shapes/segmenter \
       --images=my_photos/ --out=workspace/segment/my_photos
 
-Writes <out>/masks/<stem>.png (0 / 255, at each input's own size), <out>/alpha/<stem>.png (soft),
-<out>/cutout/<stem>.png (RGBA), <out>/contact_sheet.png and <out>/segment.json. The flags are the
-fields of `l4f_jax.programs.segment.SegmentConfig`.
+--images: a folder, one file or comma-separated files. --fit=pad|crop|stretch: how a photo of any
+shape meets the model's square; --outputs=mask,alpha,cutout: what is written per input
+(<out>/masks/, <out>/alpha/, <out>/cutout/, at each input's exact size); --bgcolor=R,G,B: the
+cut-out over a colour. Always <out>/contact_sheet.png and <out>/segment.json (every input mapped
+to its outputs). --segmenter takes a segmenter directory or an exported artifact. The flags are
+the fields of `l4f_jax.programs.segment.SegmentConfig`.
 """
 from __future__ import annotations
 
