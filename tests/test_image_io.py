@@ -432,3 +432,22 @@ def test_evaluate_prediction_folder(tmp_path):
     ev.evaluate_prediction_folder(tmp_path / "gt", tmp_path / "small")
   with pytest.raises(UserError, match="not a folder of masks"):
     ev.evaluate_prediction_folder(tmp_path / "gt", tmp_path / "nowhere")
+
+
+def test_window_examples_are_non_square_and_hold_the_whole_object(tmp_path):
+  found = 0
+  for i in range(12):
+    example = shapes.render_window_example(i, frame=64)
+    _, full, _ = shapes.render_heldout_example(i, 64, tag=shapes.WINDOW_STREAM_TAG)
+    if example is None:
+      continue
+    image, mask, _ = example
+    found += 1
+    h, w = mask.shape
+    assert image.shape == (h, w, 3) and 64 in (h, w)
+    assert max(h, w) / min(h, w) >= shapes.WINDOW_MIN_ASPECT
+    assert mask.sum() == full.sum()   # every object pixel of the frame is in the window
+  assert found >= 6
+  path = shapes.export_real_test_split(tmp_path / "w", size=64, n=3, windows=True)
+  names = sorted(os.listdir(os.path.join(path, "images")))
+  assert names == sorted(os.listdir(os.path.join(path, "masks"))) == ["0.png", "1.png", "2.png"]
