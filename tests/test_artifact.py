@@ -126,3 +126,12 @@ def test_the_loader_refuses_what_it_must_not_run(exported):
     artifact.load_artifact(_copy(exported, "v2", _set_meta(version=2)))
   with pytest.raises(UserError, match="holds an earlier export_segmenter output; pass --overwrite"):
     export(resolve(ExportConfig, segmenter=exported["seg"], out=exported["art"]))
+
+
+def test_the_python_api_refuses_a_generator_and_an_unknown_fit(exported):
+  with pytest.raises(UserError, match="Segmenter.load=.*not a segmenter export"):
+    Segmenter.load(os.path.join(ROOT, "experiments", "assets", "shapes64"))
+  with pytest.raises(UserError, match="fit='zoom' must be one of"):
+    Segmenter.load(exported["art"], fit="zoom")
+  with pytest.raises(ValueError, match="expected a PIL image or an array"):
+    Segmenter.load(exported["art"])(np.zeros((4, 4, 2), np.uint8))
