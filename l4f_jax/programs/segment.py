@@ -156,7 +156,8 @@ def segment(cfg: SegmentConfig) -> dict:
   root = cfg.images if os.path.isdir(cfg.images) else None
   stems = image_io.output_stems(paths, root)
   settings = {"segmenter": model.fingerprint, "threshold": threshold, "fit": cfg.fit,
-              "outputs": kinds, "bgcolor": bgcolor, "max_pixels": cfg.max_pixels,
+              "outputs": list(kinds), "bgcolor": bgcolor and list(bgcolor),
+              "max_pixels": cfg.max_pixels,
               "inputs": image_io.input_signature(paths, stems)}
   skipped, done = [], 0
   labels = {k: _label(p, root) for k, p in enumerate(paths[:cfg.sheet_items])}
