@@ -36,11 +36,12 @@ import os
 import shutil
 from typing import Optional
 
+import jax
 import numpy as np
 
 from l4f_jax.config import option
 from l4f_jax.io import files, image_io
-from l4f_jax.system import metrics_log, segmentation
+from l4f_jax.system import metrics_log, segmentation, sharding
 from l4f_jax.errors import UserError
 
 SUMMARY = "segment.json"
@@ -143,8 +144,33 @@ def _file_map(paths, stems, kinds, skipped) -> list[dict]:
   return out
 
 
-def segment(cfg: SegmentConfig) -> dict:
-  """Segments every input (module docstring); returns the summary written to segment.json."""
+def _run_share(st, model, cfg, paths, stems, kinds, bgcolor, threshold, labels) -> None:
+  """Segments this process's share of the inputs (every process_count-th, from its index) that
+  the journal does not list yet, recording each batch's inputs and skipped files as done."""
+  finished = {e["file"] for e in st.journal}
+  todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
+          if k % jax.process_count() == jax.process_index() and os.path.abspath(p) not in finished]
+  skipped, recorded = [], 0
+  progress = metrics_log.Progress(0, len(todo))
+  done = 0
+  for chunk in segmentation.predictions(model, todo, cfg.max_pixels, skipped, cfg.fit):
+    for k, path, stem, rgb, a_hw in chunk:
+      image_io.write_segmentation(st.path, stem, rgb, a_hw, threshold, kinds, bgcolor)
+      if k in labels:
+        _sheet_row(st.path, k, rgb, a_hw, threshold)
+    st.record([{"file": os.path.abspath(c[1])} for c in chunk] + [
+        {"file": os.path.abspath(x["file"]), "skipped": x["reason"]} for x in skipped[recorded:]])
+    recorded, done = len(skipped), done + len(chunk)
+    metrics_log.log_console(f"segment: {progress.line(done + len(skipped))}")
+  if skipped[recorded:]:
+    st.record([{"file": os.path.abspath(x["file"]), "skipped": x["reason"]}
+               for x in skipped[recorded:]])
+
+
+def segment(cfg: SegmentConfig) -> Optional[dict]:
+  """Segments every input (module docstring); returns the summary written to segment.json (None
+  on the processes other than 0 of a multi-process run, which write their share of the outputs
+  into the same staging folder)."""
   kinds, bgcolor = parse_outputs(cfg.outputs), parse_bgcolor(cfg.bgcolor)
   out = files.check_output_dir(cfg.out, cfg.overwrite, program="segment", summary=SUMMARY,
                                owned=OUTPUTS, inputs=image_io.input_roots(cfg.images))
@@ -157,44 +183,30 @@ def segment(cfg: SegmentConfig) -> dict:
   stems = image_io.output_stems(paths, root)
   settings = {"segmenter": model.fingerprint, "threshold": threshold, "fit": cfg.fit,
               "outputs": list(kinds), "bgcolor": bgcolor and list(bgcolor),
-              "max_pixels": cfg.max_pixels,
+              "max_pixels": cfg.max_pixels, "processes": jax.process_count(),
               "inputs": image_io.input_signature(paths, stems)}
-  skipped, done = [], 0
   labels = {k: _label(p, root) for k, p in enumerate(paths[:cfg.sheet_items])}
-  progress = metrics_log.Progress(0, len(paths))
-  with files.staged(out, program="segment", settings=settings, resumable=True) as st:
-    tmp = st.path
-    finished = {e["file"]: e for e in st.journal}
-    for path in paths:
-      e = finished.get(os.path.abspath(path))
-      if e is not None and "skipped" in e:
-        skipped.append({"file": path, "reason": e["skipped"]})
-      done += e is not None and "skipped" not in e
-    todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
-            if os.path.abspath(p) not in finished]
-    for chunk in segmentation.predictions(model, todo, cfg.max_pixels, skipped, cfg.fit):
-      for k, path, stem, rgb, a_hw in chunk:
-        image_io.write_segmentation(tmp, stem, rgb, a_hw, threshold, kinds, bgcolor)
-        if k in labels:
-          _sheet_row(tmp, k, rgb, a_hw, threshold)
-      entries = [{"file": os.path.abspath(c[1])} for c in chunk] + [
-          {"file": os.path.abspath(x["file"]), "skipped": x["reason"]} for x in skipped
-          if os.path.abspath(x["file"]) not in finished]
-      st.record(entries)
-      finished.update({e["file"]: e for e in entries})
-      done += len(chunk)
-      metrics_log.log_console(f"segment: {progress.line(done + len(skipped))}")
+  with sharding.shared_staged(out, program="segment", settings=settings, resumable=True) as st:
+    _run_share(st, model, cfg, paths, stems, kinds, bgcolor, threshold, labels)
+    sharding.barrier("l4f_segment_outputs")
+    journal = {e["file"]: e for e in files.read_journal(st.path)}
+    given = {os.path.abspath(p): p for p in paths}
+    skipped = [{"file": given[f], "reason": e["skipped"]} for f, e in journal.items()
+               if "skipped" in e and f in given]
+    skipped.sort(key=lambda x: paths.index(x["file"]))
+    done = sum("skipped" not in e for f, e in journal.items() if f in given)
     if done == 0:
       raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
                       f"(e.g. {os.path.basename(skipped[0]['file'])}: --verbose says why); "
                       "nothing was written", detail="\n".join(x["reason"] for x in skipped))
-    _write_sheet(tmp, labels)
-    skipped.sort(key=lambda x: paths.index(x["file"]) if x["file"] in paths else len(paths))
     summary = {"segmented": done, "skipped": len(skipped), "skipped_files": skipped,
                "files": _file_map(paths, stems, kinds, skipped), "threshold": threshold,
                "fit": cfg.fit, "outputs": list(kinds), "bgcolor": bgcolor,
                "segmenter": os.path.abspath(cfg.segmenter), "size": model.size,
-               "images": cfg.images}
-    metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    st.commit()
-  return summary
+               "images": cfg.images, "processes": jax.process_count()}
+    if jax.process_index() == 0:
+      _write_sheet(st.path, labels)
+      metrics_log.write_json(os.path.join(st.path, SUMMARY), summary)
+      st.commit()
+  sharding.barrier("l4f_segment_committed")
+  return summary if jax.process_index() == 0 else None

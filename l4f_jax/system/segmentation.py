@@ -69,7 +69,7 @@ class Model:
 
 
 def _weights_model(seg: weights.LoadedSegmenter, batch: int) -> Model:
-  mesh = sharding.make_mesh(len(jax.local_devices()))
+  mesh = sharding.local_mesh()   # each process of a multi-process run segments its own share
   params = sharding.replicate(seg.params, mesh)
   fn = jax.jit(functools.partial(student_lib.alpha_from_uint8, model=seg.module))
   shd = jax.sharding.NamedSharding(mesh, sharding.SHARDED)
