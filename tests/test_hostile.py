@@ -687,6 +687,14 @@ CASES = {
         says=("--segmenter=", "model.jax is missing or damaged"),
         setup=_both(_artifact("art", truncate=True), _images("imgs", ("rgb",))),
         keep=("{tmp}/art",), absent=("{tmp}/out",)),
+    "segment_num_processes_alone": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
+                    "--num_processes=2"), says=("--coordinator_address, --num_processes and "
+                                                "--process_id go together",),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "prepare_data_windows_data_dir_is_a_file": Case(
+        "prepare_data", ("--src=shapes_windows", "--num_examples=2", "--data_dir={tmp}/d"),
+        says=("--data_dir=", "is a file"), setup=_file("d"), keep=("{tmp}/d",)),
     # -------------------------------------------------------------- export_segmenter
     "export_segmenter_segmenter_is_a_generator": Case(
         "export_segmenter", ("--segmenter={gen}", "--out={tmp}/out"),
@@ -1035,8 +1043,8 @@ def test_hostile_input(name, outcomes, world):
 
 
 def test_enough_cases():
-  assert len(CASES) >= 116
+  assert len(CASES) >= 127
   progs = {c.prog for c in CASES.values()}
   assert progs == {"train", "pretrain_gan", "convert", "prepare_data", "sample", "evaluate",
                    "benchmark", "make_pairs", "train_student", "segment", "pipeline", "invert",
-                   "edit"}, progs
+                   "edit", "export_segmenter"}, progs
