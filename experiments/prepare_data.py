@@ -2,6 +2,7 @@
 
   python -m experiments.prepare_data --src=<folder> --name=ffhq --size=256
   python -m experiments.prepare_data --src=shapes --size=64 [--num_examples=4096 --seed=0]
+  python -m experiments.prepare_data --src=shapes_windows --num_examples=512   # images/, masks/
   python -m experiments.prepare_data --synthetic --size=64
 
 Folder images are resized (shorter side, LANCZOS) and centre-cropped as rosinality's
@@ -23,9 +24,13 @@ define_flags(PrepareConfig)
 @cli.main("prepare_data")
 def main(argv):
   del argv
-  path, line = prepare(from_flags(PrepareConfig))
+  cfg = from_flags(PrepareConfig)
+  path, line = prepare(cfg)
   print(line)
-  print(f"Train with --dataset={path}")
+  if cfg.src == "shapes_windows":
+    print(f"Score with --images={path}/images --gt_masks={path}/masks")
+  else:
+    print(f"Train with --dataset={path}")
 
 
 if __name__ == "__main__":

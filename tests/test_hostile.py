@@ -111,6 +111,25 @@ def _largest_state_file(weight_dir: str) -> str:
   return max(files, key=os.path.getsize)
 
 
+def _artifact(dst: str, truncate: bool = False, **meta):
+  """An artifact of the world's segmenter at <tmp>/<dst>, with model.json fields replaced by
+  `meta` (e.g. another jax version) or its model.jax cut short."""
+  def setup(tmp, w):
+    from l4f_jax.system import artifact, weights
+    out = os.path.join(tmp, dst)
+    artifact.export_segmenter(weights.load_segmenter(w["seg"]), out)
+    path = os.path.join(out, "model.json")
+    with open(path) as f:
+      data = json.load(f)
+    data.update(meta)
+    with open(path, "w") as f:
+      json.dump(data, f)
+    if truncate:
+      blob = os.path.join(out, "model.jax")
+      os.truncate(blob, os.path.getsize(blob) // 2)
+  return setup
+
+
 def _damaged(kind: str, src_key: str = "gen"):
   """A copy of a weight directory at <tmp>/bad whose largest data file is truncated or has one
   bit flipped in the middle (Orbax would load the latter as silently different weights)."""
@@ -643,6 +662,51 @@ CASES = {
         "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out"),
         says=("--images=", "none of the 2"), setup=_images("imgs", ("text", "truncated")),
         absent=("{tmp}/out",)),
+    "segment_fit_unknown": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out", "--fit=zoom"),
+        says=("--fit", "zoom"), setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "segment_bgcolor_out_of_range": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
+                    "--bgcolor=0,256,0"), says=("--bgcolor=0,256,0", "0..255"),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "segment_bgcolor_two_values": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
+                    "--bgcolor=255,255"), says=("--bgcolor=255,255", "three integers"),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "segment_outputs_unknown": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
+                    "--outputs=mask,depth"), says=("--outputs=mask,depth", "mask,alpha,cutout"),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "segment_artifact_from_another_jax": Case(
+        "segment", ("--segmenter={tmp}/art", "--images={tmp}/imgs", "--out={tmp}/out"),
+        says=("--segmenter=", "exported with jax 0.4.1", "export_segmenter"),
+        setup=_both(_artifact("art", jax_version="0.4.1"), _images("imgs", ("rgb",))),
+        keep=("{tmp}/art",), absent=("{tmp}/out",)),
+    "segment_artifact_damaged": Case(
+        "segment", ("--segmenter={tmp}/art", "--images={tmp}/imgs", "--out={tmp}/out"),
+        says=("--segmenter=", "model.jax is missing or damaged"),
+        setup=_both(_artifact("art", truncate=True), _images("imgs", ("rgb",))),
+        keep=("{tmp}/art",), absent=("{tmp}/out",)),
+    "segment_num_processes_alone": Case(
+        "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/out",
+                    "--num_processes=2"), says=("--coordinator_address, --num_processes and "
+                                                "--process_id go together",),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "prepare_data_windows_data_dir_is_a_file": Case(
+        "prepare_data", ("--src=shapes_windows", "--num_examples=2", "--data_dir={tmp}/d"),
+        says=("--data_dir=", "is a file"), setup=_file("d"), keep=("{tmp}/d",)),
+    # -------------------------------------------------------------- export_segmenter
+    "export_segmenter_segmenter_is_a_generator": Case(
+        "export_segmenter", ("--segmenter={gen}", "--out={tmp}/out"),
+        says=("--segmenter=", "not a segmenter export"), absent=("{tmp}/out",)),
+    "export_segmenter_out_not_empty": Case(
+        "export_segmenter", ("--segmenter={seg}", "--out={tmp}/out", "--overwrite"),
+        says=("--out=", "holds files that export_segmenter did not write"),
+        setup=_file("out/keep.txt", b"mine"), keep=("{tmp}/out",)),
+    "export_segmenter_out_is_the_segmenter": Case(
+        "export_segmenter", ("--segmenter={tmp}/s", "--out={tmp}/s", "--overwrite"),
+        says=("is also the input --segmenter",), setup=_copy_weights("seg", "s"),
+        keep=("{tmp}/s",)),
     # -------------------------------------------------------------- invert / edit
     "invert_lr_nan": Case(
         "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
@@ -979,8 +1043,8 @@ def test_hostile_input(name, outcomes, world):
 
 
 def test_enough_cases():
-  assert len(CASES) >= 116
+  assert len(CASES) >= 127
   progs = {c.prog for c in CASES.values()}
   assert progs == {"train", "pretrain_gan", "convert", "prepare_data", "sample", "evaluate",
                    "benchmark", "make_pairs", "train_student", "segment", "pipeline", "invert",
-                   "edit"}, progs
+                   "edit", "export_segmenter"}, progs

@@ -210,6 +210,15 @@ def test_write_segmentation(tmp_path):
     np.testing.assert_array_equal(np.asarray(c)[..., 3], soft)
   assert not [f for d in ("masks", "alpha", "cutout")
               for f in os.listdir(tmp_path / "out" / d) if f.startswith(".tmp_")]
+  only = image_io.write_segmentation(tmp_path / "two", "b", rgb, alpha, 0.5, ("cutout",),
+                                     bgcolor=(0, 255, 10))
+  assert list(only) == ["cutout"] and os.listdir(tmp_path / "two") == ["cutout"]
+  with Image.open(only["cutout"]) as c:
+    over = np.asarray(c)
+  assert c.mode == "RGB"
+  a = clipped[..., None]
+  want = a * rgb + (1 - a) * np.array([0, 255, 10])  # float32 arithmetic: ties may round down
+  assert np.abs(over.astype(float) - want).max() <= 0.5 + 1e-4
   with pytest.raises(ValueError, match="does not match image"):
     image_io.write_segmentation(tmp_path / "out", "x", rgb, alpha[:, :5])
   with pytest.raises(ValueError, match="bad stem"):
@@ -219,19 +228,72 @@ def test_write_segmentation(tmp_path):
 def test_contact_sheet(tmp_path):
   wide = np.full((10, 40, 3), (200, 30, 30), np.uint8)
   tall = np.full((40, 20, 3), (30, 30, 200), np.uint8)
-  rows = [(wide, np.zeros((10, 40), np.float32)), (tall, np.ones((40, 20), np.float32))]
-  sheet = image_io.save_contact_sheet(tmp_path / "sheet.png", rows, cell=32)
-  assert sheet.dtype == np.uint8 and sheet.shape == (2 + 3 * 34, 2 + 2 * 34, 3)
+  half = np.zeros((40, 20), np.float32)
+  half[:, 10:] = 0.95                           # right half over the 0.9 threshold
+  rows = [(wide, np.zeros((10, 40), np.float32)), (tall, half)]
+  sheet = image_io.save_contact_sheet(tmp_path / "sheet.png", rows, ["wide.png", "tall.png"],
+                                      cell=32)
+  label_w, title_h = image_io._LABEL_WIDTH, image_io._TITLE_HEIGHT
+  assert sheet.dtype == np.uint8
+  assert sheet.shape == (2 + title_h + 2 + 2 * 34, 2 + label_w + 2 + 4 * 34, 3)
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "sheet.png")), sheet)
-  cell = lambda r, c: sheet[2 + r * 34:2 + r * 34 + 32, 2 + c * 34:2 + c * 34 + 32]
-  img0, mask0, cut0 = cell(0, 0), cell(1, 0), cell(2, 0)
+  y0, x0 = 4 + title_h, 4 + label_w
+  cell = lambda r, c: sheet[y0 + r * 34:y0 + r * 34 + 32, x0 + c * 34:x0 + c * 34 + 32]
+  img0, mask0, matte0, cut0 = (cell(0, c) for c in range(4))
   assert img0[16, 16].tolist() == [200, 30, 30]
   assert img0[0, 16].tolist() == [96, 96, 96]   # letterbox
-  assert mask0[16, 16].tolist() == [0, 0, 0]
+  assert mask0[16, 16].tolist() == matte0[16, 16].tolist() == [0, 0, 0]
   assert {tuple(v) for v in cut0[12:20].reshape(-1, 3)} == {(204, 204, 204), (153, 153, 153)}
-  assert cell(2, 1)[16, 16].tolist() == [30, 30, 200] and cell(1, 1)[16, 16].tolist() == [255] * 3
-  many = image_io.contact_sheet(rows * 10, cell=16, max_items=12, columns=8)
-  assert many.shape == (2 + 6 * 18, 2 + 8 * 18, 3)   # 12 items: two blocks of three rows
+  mask1, matte1 = cell(1, 1), cell(1, 2)
+  assert mask1[16, 12].tolist() == [0] * 3 and mask1[16, 20].tolist() == [255] * 3
+  assert matte1[16, 20].tolist() == [242] * 3   # round(0.95 * 255)
+  assert cell(1, 3)[16, 20].tolist() == [36, 36, 198]  # 0.95 blue over the checkerboard
+  labels, titles = sheet[y0:y0 + 32, 2:2 + label_w], sheet[2:2 + title_h, x0:]
+  assert (labels < 128).any() and (titles < 128).any()   # names and column titles are drawn
+  many = image_io.contact_sheet(rows * 10, cell=16, max_items=12)
+  assert many.shape[0] == 2 + title_h + 2 + 12 * 18   # one row per input, 12 at most
+
+
+def test_fit_tiles_put_every_pixel_back_in_place():
+  """A 'model' whose alpha is the tile's red channel: after fit_tiles and unfit_alpha each mode
+  must return the input's red channel (up to resampling), so no mode shifts, flips or stretches
+  the mask against the picture."""
+  yy, xx = np.mgrid[0:60, 0:150].astype(np.float32)
+  red = 0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 7.0)        # smooth, no symmetry
+  rgb = np.stack([np.floor(red * 255 + 0.5), np.full_like(red, 40), np.full_like(red, 90)],
+                 -1).astype(np.uint8)
+  for img in (rgb, rgb.transpose(1, 0, 2).copy()):
+    want = img[..., 0].astype(np.float32) / 255
+    for fit, count in (("pad", 1), ("crop", 3), ("stretch", 1)):
+      tiles, plan = image_io.fit_tiles(img, 64, fit)
+      assert tiles.shape == (count, 64, 64, 3) and tiles.dtype == np.uint8, fit
+      back = image_io.unfit_alpha(tiles[..., 0].astype(np.float32) / 255, plan)
+      assert back.shape == img.shape[:2] and back.dtype == np.float32
+      inner = (slice(3, -3), slice(3, -3))   # resampling blurs the outermost pixels
+      assert np.abs(back - want)[inner].mean() < 0.03, fit
+  tiles, plan = image_io.fit_tiles(rgb, 64, "pad")
+  oy, ox, fh, fw = plan[3]
+  assert (fh, fw, ox) == (26, 64, 0) and oy == 19
+  np.testing.assert_array_equal(tiles[0, :oy], np.repeat(tiles[0, oy:oy + 1], oy, 0))  # edge
+  square = rgb[:, :60]
+  for fit in image_io.FITS:   # a square picture is simply resized in every mode
+    np.testing.assert_array_equal(image_io.fit_tiles(square, 32, fit)[0],
+                                  image_io.fit_tiles(square, 32, "stretch")[0])
+  with pytest.raises(ValueError, match="fit must be one of"):
+    image_io.fit_tiles(rgb, 64, "zoom")
+
+
+def test_as_rgb_reads_arrays_and_pil_images():
+  rgba = np.zeros((4, 6, 4), np.uint8)
+  rgba[..., 0], rgba[..., 3] = 200, 0
+  np.testing.assert_array_equal(image_io.as_rgb(rgba), np.full((4, 6, 3), 255, np.uint8))
+  grey = np.arange(24, dtype=np.uint8).reshape(4, 6)
+  np.testing.assert_array_equal(image_io.as_rgb(grey)[..., 2], grey)
+  np.testing.assert_array_equal(image_io.as_rgb(Image.fromarray(grey)), image_io.as_rgb(grey))
+  np.testing.assert_array_equal(image_io.as_rgb(np.full((2, 3, 3), 0.5)), 128)
+  for bad in (np.zeros((4, 6, 2), np.uint8), np.full((2, 2, 3), 1.5), np.zeros((0, 3, 3))):
+    with pytest.raises(ValueError):
+      image_io.as_rgb(bad)
 
 
 # ----------------------------------------------------------------------------- held-out test split
@@ -370,3 +432,22 @@ def test_evaluate_prediction_folder(tmp_path):
     ev.evaluate_prediction_folder(tmp_path / "gt", tmp_path / "small")
   with pytest.raises(UserError, match="not a folder of masks"):
     ev.evaluate_prediction_folder(tmp_path / "gt", tmp_path / "nowhere")
+
+
+def test_window_examples_are_non_square_and_hold_the_whole_object(tmp_path):
+  found = 0
+  for i in range(12):
+    example = shapes.render_window_example(i, frame=64)
+    _, full, _ = shapes.render_heldout_example(i, 64, tag=shapes.WINDOW_STREAM_TAG)
+    if example is None:
+      continue
+    image, mask, _ = example
+    found += 1
+    h, w = mask.shape
+    assert image.shape == (h, w, 3) and 64 in (h, w)
+    assert max(h, w) / min(h, w) >= shapes.WINDOW_MIN_ASPECT
+    assert mask.sum() == full.sum()   # every object pixel of the frame is in the window
+  assert found >= 6
+  path = shapes.export_real_test_split(tmp_path / "w", size=64, n=3, windows=True)
+  names = sorted(os.listdir(os.path.join(path, "images")))
+  assert names == sorted(os.listdir(os.path.join(path, "masks"))) == ["0.png", "1.png", "2.png"]

@@ -80,3 +80,49 @@ def test_two_processes_match_one_process(world):
     assert [__import__("json").loads(r)["step"] for r in f] == [0, 1, 2, 3]
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
   assert os.path.exists(os.path.join(multi, "samples", "000000.png"))
+
+
+def test_segment_two_processes_write_one_out(world):
+  """`experiments.segment` under jax.distributed: each process segments its share into one
+  staging folder; --out appears once, complete, and holds what one process writes."""
+  from PIL import Image
+  from tests.tiny_world import make_segmenter_dir
+  base = world["base"]
+  seg = make_segmenter_dir(str(base / "seg"), size=16)
+  photos = base / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(7):
+    Image.fromarray(rng.integers(0, 256, (12 + i, 20, 3), np.uint8)).save(photos / f"{i}.png")
+  (photos / "7.png").write_bytes(b"not a png")
+
+  def run(devices, extra, out):
+    cmd = [sys.executable, "-m", "experiments.segment", f"--segmenter={seg}",
+           f"--images={photos}", f"--out={out}", "--batch=1", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(devices), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+  port = _free_port()
+  multi, single = base / "seg_two", base / "seg_one"
+  outs = _finish([run(1, [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                          f"--process_id={k}"], multi) for k in range(2)])
+  assert "segmented 7 image(s), skipped 1" in outs[0]
+  assert "segmented" not in outs[1]          # process 1 prints nothing of its own
+  _finish([run(2, [], single)])
+  assert not [n for n in os.listdir(base) if n.startswith(".seg_two.tmp-")]
+  a = __import__("json").load(open(multi / "segment.json"))
+  b = __import__("json").load(open(single / "segment.json"))
+  assert a["processes"] == 2 and b["processes"] == 1
+  assert a["files"] == b["files"] and a["skipped_files"] == b["skipped_files"]
+  assert sorted(os.listdir(multi / "masks")) == sorted(os.listdir(single / "masks"))
+  diffs = []
+  for sub in ("masks", "alpha", "cutout"):
+    for name in os.listdir(single / sub):
+      x = np.asarray(Image.open(multi / sub / name), np.int16)
+      y = np.asarray(Image.open(single / sub / name), np.int16)
+      assert x.shape == y.shape, name
+      diffs.append(int(np.abs(x - y).max()))
+  print(f"segment, 2 processes x 1 device vs 1 process x 2 devices: max pixel difference "
+        f"{max(diffs)}")
+  assert max(diffs) == 0   # per-image predictions do not depend on who computes them
+  assert (multi / "contact_sheet.png").read_bytes() == (single / "contact_sheet.png").read_bytes()

@@ -140,6 +140,60 @@ def test_segment_outputs_at_the_inputs_own_sizes(world, student):
     segment(resolve(SegmentConfig, segmenter=world["g"], images=str(src), out=str(out / "n")))
 
 
+def _reference_alpha(seg, rgb, fit):
+  """The student's soft mask of a picture, written out with PIL and NumPy from the fit rules of
+  docs/segmentation.md (independently of image_io.fit_tiles / unfit_alpha)."""
+  from l4f_jax.method.student import predict_alpha
+  s, (h, w) = seg.size, rgb.shape[:2]
+  run = lambda tile: np.asarray(predict_alpha(seg.params, (tile.astype(np.float32) / 127.5 - 1)[None],
+                                              model=seg.module))[0, ..., 0]
+  resize = lambda a, size, f: np.asarray(Image.fromarray(a).resize(size, f))
+  if fit == "stretch":
+    return resize(run(resize(rgb, (s, s), Image.LANCZOS)), (w, h), Image.BILINEAR)
+  if fit == "pad":
+    fh, fw = round(h * s / max(h, w)), round(w * s / max(h, w))
+    y, x = (s - fh) // 2, (s - fw) // 2
+    tile = np.pad(resize(rgb, (fw, fh), Image.LANCZOS), ((y, s - fh - y), (x, s - fw - x), (0, 0)),
+                  mode="edge")
+    return resize(np.ascontiguousarray(run(tile)[y:y + fh, x:x + fw]), (w, h), Image.BILINEAR)
+  total, count = np.zeros((h, w)), np.zeros((h, w))   # crop, for a wide picture
+  n = -(-w // h)
+  for k in range(n):
+    o = round(k * (w - h) / (n - 1))
+    total[:, o:o + h] += resize(run(resize(np.ascontiguousarray(rgb[:, o:o + h]), (s, s),
+                                           Image.LANCZOS)), (h, h), Image.BILINEAR)
+    count[:, o:o + h] += 1
+  return total / count
+
+
+def test_segment_fits_outputs_and_the_python_api(world, student):
+  from l4f_jax import Segmenter
+  full, _ = student
+  seg = load_segmenter(full["export"])
+  src = world["base"] / "fit_photos"
+  src.mkdir()
+  rgb = np.random.default_rng(3).integers(0, 255, (21, 50, 3), np.uint8)
+  Image.fromarray(rgb).save(src / "wide.png")
+  api = Segmenter.load(full["export"])
+  for fit in ("pad", "crop", "stretch"):
+    out = world["base"] / f"fit_{fit}"
+    summary = segment(resolve(SegmentConfig, segmenter=full["export"], images=str(src / "wide.png"),
+                              out=str(out), fit=fit, outputs="alpha,cutout", bgcolor="0,0,255"))
+    assert sorted(os.listdir(out)) == ["alpha", "contact_sheet.png", "cutout", "segment.json"]
+    assert summary["files"] == [{"input": str(src / "wide.png"), "alpha": "alpha/wide.png",
+                                 "cutout": "cutout/wide.png"}]
+    with Image.open(out / "alpha" / "wide.png") as a, Image.open(out / "cutout" / "wide.png") as c:
+      got, cut = np.asarray(a).astype(np.float64) / 255, np.asarray(c)
+    assert got.shape == (21, 50) and cut.shape == (21, 50, 3)
+    np.testing.assert_allclose(got, _reference_alpha(seg, rgb, fit), atol=0.5 / 255 + 1e-4)
+    np.testing.assert_allclose(api(rgb, fit=fit), got, atol=0.5 / 255 + 1e-6)  # same path
+    blue = got[..., None] * rgb + (1 - got[..., None]) * np.array([0, 0, 255])
+    assert np.abs(cut - blue).max() <= 1.0
+  many = api([Image.fromarray(rgb), rgb[:7, :9]])
+  assert [a.shape for a in many] == [(21, 50), (7, 9)]
+  assert api.masks(rgb[:7, :9]).dtype == bool
+
+
 def test_evaluate_scores_a_segmenter_against_exact_masks(world, student):
   from l4f_jax.method.evaluation import mask_metrics
   from l4f_jax.programs.evaluate import EvaluateConfig, evaluate
@@ -159,6 +213,8 @@ def test_evaluate_scores_a_segmenter_against_exact_masks(world, student):
   pred = {s: np.asarray(Image.open(out / "segment" / "masks" / f"{s}.png")) == 255 for s in gt}
   want = mask_metrics([gt[s] for s in sorted(gt)], [pred[s] for s in sorted(gt)])
   assert result["foreground"] == want["foreground"] and result["segmented"] == 3
+  with Image.open(out / "errors.png") as e:   # inputs of three sizes: common thumbnails
+    assert e.size[1] == 2 + 4 * 130 and e.size[0] > 2 + 3 * 130   # 4 rows, 3 columns + labels
   assert json.load(open(out / "metrics.json"))["foreground"] == want["foreground"]
   with pytest.raises(UserError, match="--images and --gt_masks go together"):
     evaluate(resolve(EvaluateConfig, segmenter=full["export"], images=str(imgs), out=str(out)))

@@ -55,3 +55,20 @@ def make_generator_dir(path: str, size: int = 16, seed: int = 0) -> str:
 def make_dataset(data_dir: str, size: int = 16, num_examples: int = 64) -> str:
   """l4f_shapes at `size` px; returns the prepared dataset directory."""
   return prepare_shapes(data_dir, size=size, num_examples=num_examples)
+
+
+def make_segmenter_dir(path: str, size: int = 16, seed: int = 0, **config) -> str:
+  """A random student (width 4, depth 2) in the segmenter export format; `config` adds fields
+  (e.g. provenance); returns `path`."""
+  import numpy as np
+  from l4f_jax.config import to_dict
+  from l4f_jax.models.unet import SegmenterArch
+  from l4f_jax.system.weights import SEGMENTER_KIND
+  arch = SegmenterArch(width=4, depth=2, blocks=1, max_width=8)
+  shapes = jax.eval_shape(arch.module().init, jax.random.key(0),
+                          jnp.zeros((1, size, size, 3)))["params"]
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape).astype(np.float32), shapes)
+  save_weights(path, {"kind": SEGMENTER_KIND, "size": size, "arch": to_dict(arch),
+                      "threshold": 0.5, **config}, {"segmenter": params})
+  return path

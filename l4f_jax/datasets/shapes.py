@@ -402,20 +402,20 @@ _BLUR_FRACTION, _BLUR_RADIUS = 0.25, (0.4, 0.9)
 _U32 = 2 ** 32
 
 
-def heldout_entropy(i: int, seed: int = 0) -> list[int]:
+def heldout_entropy(i: int, seed: int = 0, tag: int = HELDOUT_STREAM_TAG) -> list[int]:
   """SeedSequence entropy words of held-out example i (see the comment above)."""
-  return [int(seed), int(i), HELDOUT_STREAM_TAG]
+  return [int(seed), int(i), int(tag)]
 
 
-def render_heldout_example(i: int, size: int = 64, seed: int = 0,
-                           photo_effects: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+def render_heldout_example(i: int, size: int = 64, seed: int = 0, photo_effects: bool = True,
+                           tag: int = HELDOUT_STREAM_TAG) -> tuple[np.ndarray, np.ndarray, dict]:
   """Held-out example i: (image uint8 [size, size, 3], mask bool [size, size], effect dict).
 
   The effect dict is {'kind': 'none'}, {'kind': 'jpeg', 'quality': q} or {'kind': 'blur',
   'radius': r}; without photo_effects always {'kind': 'none'}.
   """
   from PIL import ImageFilter  # pylint: disable=import-outside-toplevel
-  entropy = heldout_entropy(i, seed)
+  entropy = heldout_entropy(i, seed, tag)
   image, mask = render_example(np.random.SeedSequence(entropy), size)
   effect = {"kind": "none"}
   if photo_effects:
@@ -436,12 +436,48 @@ def render_heldout_example(i: int, size: int = 64, seed: int = 0,
   return image, mask, effect
 
 
-def _heldout_params(size: int, n: int, seed: int, photo_effects: bool) -> dict:
+# Non-square windows (`render_window_example`, `prepare_data --src=shapes_windows`): a frame of
+# side F rendered by the same world from a stream of its own (WINDOW_STREAM_TAG: disjoint from the
+# train split and from the held-out test split), with the same photo effects, then cut to a window
+# that is the whole frame along one axis and 1.4x to F / (object extent + 4) times narrower along
+# the other, placed at random so that it holds the whole object with a 2 px margin. An example
+# whose object is too large for such a window in both orientations is skipped. These images are a
+# validation set for the fit of photos of other shapes: never train on them.
+WINDOW_STREAM_TAG = 0x3A1D0E5
+WINDOW_MIN_ASPECT = 1.4
+
+
+def render_window_example(i: int, frame: int = 128, seed: int = 0, photo_effects: bool = True):
+  """Window example i: (image uint8 [h, w, 3], mask bool [h, w], effect dict) with h != w, or
+  None when the object cannot be held by a window of aspect >= WINDOW_MIN_ASPECT."""
+  image, mask, effect = render_heldout_example(i, frame, seed, photo_effects, WINDOW_STREAM_TAG)
+  rng = np.random.default_rng(np.random.SeedSequence(heldout_entropy(i, seed, WINDOW_STREAM_TAG),
+                                                     spawn_key=(1,)))
+  ys, xs = np.nonzero(mask)
+  for wide in rng.permutation([True, False]):
+    a0, a1 = (ys.min(), ys.max() + 1) if wide else (xs.min(), xs.max() + 1)
+    lo, hi = int(a1 - a0) + 4, int(frame / WINDOW_MIN_ASPECT)
+    if lo > hi:
+      continue
+    side = int(rng.integers(lo, hi + 1))
+    first, last = max(0, int(a1) + 2 - side), min(max(int(a0) - 2, 0), frame - side)
+    if first > last:
+      continue
+    start = int(rng.integers(first, last + 1))
+    cut = (slice(start, start + side), slice(None)) if wide else (slice(None),
+                                                                  slice(start, start + side))
+    return np.ascontiguousarray(image[cut]), np.ascontiguousarray(mask[cut]), effect
+  return None
+
+
+def _heldout_params(size: int, n: int, seed: int, photo_effects: bool,
+                    windows: bool = False) -> dict:
   from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   if int(size) < 16 or not 1 <= int(n) < _U32 or not 0 <= int(seed) < _U32:
     raise UserError(f"real test split size={size} n={n} seed={seed}: needs size >= 16, "
                     f"1 <= n < 2**32 and 0 <= seed < 2**32")
-  return {"size": int(size), "n": int(n), "seed": int(seed), "photo_effects": bool(photo_effects)}
+  params = {"size": int(size), "n": int(n), "seed": int(seed), "photo_effects": bool(photo_effects)}
+  return dict(params, windows=True) if windows else params
 
 
 def _heldout_status(out_dir: str, params: dict) -> str:
@@ -476,29 +512,44 @@ def _write_heldout(tmp: str, params: dict) -> None:
   import json  # pylint: disable=import-outside-toplevel
   for sub in ("images", "masks"):
     os.makedirs(os.path.join(tmp, sub))
-  effects = []
-  for i in range(params["n"]):
-    image, mask, effect = render_heldout_example(i, params["size"], params["seed"],
-                                                 params["photo_effects"])
-    Image.fromarray(image).save(os.path.join(tmp, "images", f"{i}.png"), format="PNG")
+  effects, sources, i = [], [], 0
+  while len(effects) < params["n"]:
+    if params.get("windows"):
+      example = render_window_example(i, params["size"], params["seed"], params["photo_effects"])
+    else:
+      example = render_heldout_example(i, params["size"], params["seed"], params["photo_effects"])
+    i += 1
+    if example is None:
+      if i > 100 * params["n"]:
+        raise RuntimeError("l4f_shapes windows: too few objects fit a non-square window")
+      continue
+    image, mask, effect = example
+    k = len(effects)
+    Image.fromarray(image).save(os.path.join(tmp, "images", f"{k}.png"), format="PNG")
     Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).save(
-        os.path.join(tmp, "masks", f"{i}.png"), format="PNG")
+        os.path.join(tmp, "masks", f"{k}.png"), format="PNG")
     effects.append(effect)
+    sources.append(i - 1)
+  tag = WINDOW_STREAM_TAG if params.get("windows") else HELDOUT_STREAM_TAG
   manifest = {
       "format": HELDOUT_FORMAT,
       "params": params,
-      "stream": (f"example i = render_example(SeedSequence([seed, i, {HELDOUT_STREAM_TAG:#x}])); "
+      "stream": (f"example i = render_example(SeedSequence([seed, i, {tag:#x}])); "
                  "the train split uses [seed, i], so the two never share a generator"),
       "use": "held-out evaluation only: never train G, A or a student on it",
       "masks": "0/255 L PNG, exact object coverage >= 0.5 of the clean render",
       "effects": effects,
   }
+  if params.get("windows"):
+    manifest.update(sources=sources, use="validation of --fit (non-square windows, "
+                    "render_window_example); never train G, A or a student on it")
   with open(os.path.join(tmp, HELDOUT_MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=1)
 
 
 def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
-                           photo_effects: bool = True, overwrite: bool = False) -> str:
+                           photo_effects: bool = True, overwrite: bool = False,
+                           windows: bool = False) -> str:
   """Writes the held-out test split: `<out_dir>/images/<i>.png`, `<out_dir>/masks/<i>.png` (0/255)
   and `<out_dir>/split.json` (parameters, per-example photo effects); returns out_dir.
 
@@ -507,11 +558,13 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
   same parameters is reused as is (nothing is rewritten). A folder with other parameters, an
   incomplete split or a folder that is not a split raises UserError; `overwrite=True` replaces a
   split with other parameters or an incomplete one (never a folder that is not a split).
+  `windows=True` writes the non-square window split instead (`render_window_example`; `size` is
+  the frame's side).
   """
   import shutil  # pylint: disable=import-outside-toplevel
   from l4f_jax.io import files  # pylint: disable=import-outside-toplevel
   from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-  params = _heldout_params(size, n, seed, photo_effects)
+  params = _heldout_params(size, n, seed, photo_effects, windows)
   out_dir = os.path.abspath(os.fspath(out_dir))
   status = _heldout_status(out_dir, params)
   if status == "match":

@@ -162,24 +162,40 @@ def _write_mark(folder: str, program: str, settings, resumable: bool) -> None:
   os.replace(path + ".new", path)
 
 
-def read_journal(folder: str) -> list[dict]:
-  """The entries `append_journal` wrote into a staging folder (a torn last line is dropped)."""
-  rows = []
+def _journal_name(process: int) -> str:
+  """Process 0's journal is JOURNAL; process k > 0 of a multi-process run writes its own."""
+  return JOURNAL if process == 0 else JOURNAL.replace(".jsonl", f".{int(process)}.jsonl")
+
+
+def _journals(folder: str) -> list[str]:
+  stem = JOURNAL[:-len(".jsonl")]
   try:
-    with open(os.path.join(folder, JOURNAL)) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except ValueError:
-          break
+    return sorted(n for n in os.listdir(folder) if n.startswith(stem) and n.endswith(".jsonl"))
   except OSError:
-    pass
+    return []
+
+
+def read_journal(folder: str) -> list[dict]:
+  """The entries `append_journal` wrote into a staging folder, of every process (a torn last
+  line is dropped)."""
+  rows = []
+  for name in _journals(folder):
+    try:
+      with open(os.path.join(folder, name)) as f:
+        for line in f:
+          try:
+            rows.append(json.loads(line))
+          except ValueError:
+            break
+    except OSError:
+      pass
   return rows
 
 
-def append_journal(folder: str, entries: Iterable[dict]) -> None:
-  """Records inputs whose outputs are complete in the staging folder (flushed to disk)."""
-  with open(os.path.join(folder, JOURNAL), "a") as f:
+def append_journal(folder: str, entries: Iterable[dict], process: int = 0) -> None:
+  """Records inputs whose outputs are complete in the staging folder (flushed to disk); each
+  process of a multi-process run appends to a journal of its own."""
+  with open(os.path.join(folder, _journal_name(process)), "a") as f:
     for e in entries:
       f.write(json.dumps(e) + "\n")
     f.flush()
@@ -195,7 +211,7 @@ def replace_dir(tmp: str, dst: str) -> None:
   """Renames `tmp` to `dst` (its staging marks dropped); an existing `dst` is first moved aside
   and deleted after the swap."""
   dst = os.path.abspath(dst)
-  for name in (STAGING_MARK, JOURNAL):
+  for name in [STAGING_MARK] + _journals(tmp):
     if os.path.exists(os.path.join(tmp, name)):
       os.remove(os.path.join(tmp, name))
   if os.path.lexists(dst):
@@ -217,19 +233,21 @@ class Interrupted(UserError):
 
 
 class Staging:
-  """A staging folder in use (`staged`): `path`, `journal` (entries of a resumed run), `commit()`."""
+  """A staging folder in use (`staged`): `path`, `journal` (entries of a resumed run), `commit()`.
+  Process k > 0 of a multi-process run holds one over the folder process 0 made (`sweep=False`:
+  only process 0 removes what a killed run was writing) and records into its own journal."""
 
-  def __init__(self, path: str, dst: str, resumable: bool):
-    self.path, self.dst, self.resumable = path, dst, resumable
+  def __init__(self, path: str, dst: str, resumable: bool, process: int = 0, sweep: bool = True):
+    self.path, self.dst, self.resumable, self.process = path, dst, resumable, process
     self.journal = read_journal(path) if resumable else []
     self.committed = False
-    for root, _, names in os.walk(path):  # files a killed run was writing (atomic_write)
+    for root, _, names in os.walk(path) if sweep else ():  # files a killed run was writing
       for name in names:
         if name.startswith(TMP_PREFIX):
           os.remove(os.path.join(root, name))
 
   def record(self, entries: Iterable[dict]) -> None:
-    append_journal(self.path, entries)
+    append_journal(self.path, entries, self.process)
 
   def commit(self) -> None:
     replace_dir(self.path, self.dst)

@@ -50,7 +50,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from l4f_jax.method.evaluation import natural_key
 from l4f_jax.errors import UserError, one_line
 from l4f_jax.io.files import atomic_write
-from l4f_jax.io.images import make_grid
 from l4f_jax.method import masks
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -351,6 +350,86 @@ def to_model_input(rgb_uint8, size: int) -> np.ndarray:
   return x / np.float32(127.5) - np.float32(1.0)
 
 
+FITS = ("pad", "crop", "stretch")
+
+
+def fit_tiles(rgb_uint8, size: int, fit: str) -> tuple[np.ndarray, tuple]:
+  """uint8 RGB [H, W, 3] -> (tiles uint8 [n, size, size, 3], plan for `unfit_alpha`).
+
+  How a photo of any shape meets the model's square (a square input is resized in every mode):
+  - 'pad': scaled (LANCZOS) so that its longer side is `size`, centred and padded to a square by
+    replicating its edge pixels; one tile. The mask is cropped back to the picture.
+  - 'crop': n = ceil(long / short) squares of the short side, evenly spaced from one end to the
+    other (overlapping, symmetric about the centre), each resized to `size`; the tiles' masks are
+    resized back and averaged where they overlap.
+  - 'stretch': the whole image resized to size x size; the aspect ratio is not kept.
+  """
+  rgb = _check_rgb(rgb_uint8)
+  size, (h, w) = int(size), rgb.shape[:2]
+  if fit not in FITS:
+    raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+  if fit == "stretch" or h == w:
+    return _resize_rgb(rgb, size, size)[None], ("stretch", h, w, None)
+  if fit == "pad":
+    long = max(h, w)
+    fh, fw = max(1, round(h * size / long)), max(1, round(w * size / long))
+    oy, ox = (size - fh) // 2, (size - fw) // 2
+    small = _resize_rgb(rgb, fw, fh)
+    tile = np.pad(small, ((oy, size - fh - oy), (ox, size - fw - ox), (0, 0)), mode="edge")
+    return tile[None], ("pad", h, w, (oy, ox, fh, fw))
+  short, long = min(h, w), max(h, w)
+  n = -(-long // short)
+  starts = [round(k * (long - short) / (n - 1)) for k in range(n)]
+  crops = [rgb[o:o + short] if h > w else rgb[:, o:o + short] for o in starts]
+  return np.stack([_resize_rgb(np.ascontiguousarray(c), size, size) for c in crops]), (
+      "crop", h, w, starts)
+
+
+def unfit_alpha(tile_alpha, plan: tuple) -> np.ndarray:
+  """The tiles' soft masks [n, size, size] -> float32 [H, W] in [0, 1] (`fit_tiles`' plan)."""
+  fit, h, w, extra = plan
+  tiles = np.asarray(tile_alpha, np.float32)
+  if fit == "stretch":
+    return _resize_alpha(tiles[0], w, h)
+  if fit == "pad":
+    oy, ox, fh, fw = extra
+    return _resize_alpha(tiles[0, oy:oy + fh, ox:ox + fw], w, h)
+  short = min(h, w)
+  total, count = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
+  for o, t in zip(extra, tiles):
+    window = (slice(o, o + short), slice(None)) if h > w else (slice(None), slice(o, o + short))
+    total[window] += _resize_alpha(t, short, short)
+    count[window] += 1.0
+  return np.clip(total / count, 0.0, 1.0)
+
+
+def as_rgb(image) -> np.ndarray:
+  """A picture handed to the Python API -> uint8 RGB [H, W, 3].
+
+  PIL images follow `read_rgb`'s rules (EXIF orientation, transparency over white, 16-bit and float
+  modes). NumPy arrays: uint8 [H, W, 3] as is; [H, W] grey replicated; [H, W, 4] RGBA composited
+  over white; floating arrays of those shapes are read as values in [0, 1].
+  """
+  if isinstance(image, Image.Image):
+    try:
+      oriented = ImageOps.exif_transpose(image)
+    except Exception:  # pylint: disable=broad-except  # malformed EXIF: keep stored pixels
+      oriented = None
+    return _to_rgb_array(oriented if oriented is not None else image)
+  a = np.asarray(image)
+  if np.issubdtype(a.dtype, np.floating):
+    if a.size and not (np.all(np.isfinite(a)) and a.min() >= 0 and a.max() <= 1):
+      raise ValueError("a floating-point image must hold finite values in [0, 1]")
+    a = np.floor(a * 255.0 + 0.5).astype(np.uint8)
+  if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) \
+     or 0 in a.shape[:2]:
+    raise ValueError(f"expected a PIL image or an array [H, W], [H, W, 3] or [H, W, 4] (uint8, or "
+                     f"float in [0, 1]); got {a.dtype} {a.shape}")
+  if a.ndim == 2:
+    return np.repeat(a[..., None], 3, axis=-1)
+  return _composite_over_white(a) if a.shape[-1] == 4 else a
+
+
 def _alpha_2d(alpha) -> np.ndarray:
   a = np.asarray(alpha, np.float32)
   if a.ndim == 3 and a.shape[-1] == 1:
@@ -376,38 +455,61 @@ def _save_png(path: str, array: np.ndarray, mode: str) -> None:
   atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
-def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw,
-                       threshold: float = masks.HARD_MASK_THRESHOLD) -> dict:
-  """Writes the three outputs of one input, each atomically, at the input's own size.
+OUTPUT_KINDS = ("mask", "alpha", "cutout")
+OUTPUT_DIRS = {"mask": "masks", "alpha": "alpha", "cutout": "cutout"}
 
-  - `<out_dir>/masks/<stem>.png`: hard mask, L, 255 where `masks.hard_mask(alpha, threshold)`.
-  - `<out_dir>/alpha/<stem>.png`: soft mask, L, round(alpha * 255).
-  - `<out_dir>/cutout/<stem>.png`: RGBA, the input's RGB with alpha = the soft mask.
+
+def composite(rgb_uint8, alpha_hw, bgcolor) -> np.ndarray:
+  """uint8 RGB: alpha * image + (1 - alpha) * bgcolor (an (R, G, B) of 0..255), rounded."""
+  a = np.clip(_alpha_2d(alpha_hw), 0.0, 1.0)[..., None]
+  bg = np.asarray(bgcolor, np.float32).reshape(1, 1, 3)
+  out = a * np.asarray(rgb_uint8, np.float32) + (1.0 - a) * bg
+  return np.floor(out + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw,
+                       threshold: float = masks.HARD_MASK_THRESHOLD,
+                       outputs=OUTPUT_KINDS, bgcolor=None) -> dict:
+  """Writes the chosen outputs of one input, each atomically, at the input's own size.
+
+  - `<out_dir>/masks/<stem>.png` ('mask'): hard mask, L, 255 where `masks.hard_mask(alpha,
+    threshold)`.
+  - `<out_dir>/alpha/<stem>.png` ('alpha'): soft mask, L, round(alpha * 255).
+  - `<out_dir>/cutout/<stem>.png` ('cutout'): RGBA, the input's RGB with alpha = the soft mask;
+    with `bgcolor` (R, G, B), RGB: the input composited over that colour (`composite`).
 
   Args:
     out_dir: output folder (created).
     stem: output name without extension (see `output_stems`); no path separators.
     rgb_uint8: the input, uint8 [H, W, 3].
-    alpha_hw: float alpha in [0, 1], [H, W] (already at the input's size, `alpha_to_original`).
+    alpha_hw: float alpha in [0, 1], [H, W] (already at the input's size, `unfit_alpha`).
     threshold: foreground where alpha > threshold (`method.masks`).
+    outputs: which of 'mask', 'alpha', 'cutout' to write.
+    bgcolor: None or (R, G, B) in 0..255 for the cut-out.
   Returns:
-    {'mask': path, 'alpha': path, 'cutout': path}.
+    {kind: path} of the files written.
   """
   rgb = _check_rgb(rgb_uint8)
   alpha = np.clip(_alpha_2d(alpha_hw), 0.0, 1.0)
   if alpha.shape != rgb.shape[:2]:
     raise ValueError(f"write_segmentation: alpha {alpha.shape} does not match image "
-                     f"{rgb.shape[:2]}; map it back with alpha_to_original first")
+                     f"{rgb.shape[:2]}; map it back with unfit_alpha first")
   stem = str(stem)
   if not stem or stem in (".", "..") or "/" in stem or os.sep in stem:
     raise ValueError(f"write_segmentation: bad stem {stem!r} (a file name without folders)")
   soft = np.floor(alpha * 255.0 + 0.5).astype(np.uint8)
-  hard = np.where(masks.hard_mask(alpha, threshold), 255, 0).astype(np.uint8)
-  paths = {k: os.path.join(os.fspath(out_dir), d, f"{stem}.png")
-           for k, d in (("mask", "masks"), ("alpha", "alpha"), ("cutout", "cutout"))}
-  _save_png(paths["mask"], hard, "L")
-  _save_png(paths["alpha"], soft, "L")
-  _save_png(paths["cutout"], np.concatenate([rgb, soft[..., None]], axis=-1), "RGBA")
+  paths = {}
+  for kind in outputs:
+    paths[kind] = os.path.join(os.fspath(out_dir), OUTPUT_DIRS[kind], f"{stem}.png")
+    if kind == "mask":
+      _save_png(paths[kind], np.where(masks.hard_mask(alpha, threshold), 255, 0).astype(np.uint8),
+                "L")
+    elif kind == "alpha":
+      _save_png(paths[kind], soft, "L")
+    elif bgcolor is None:
+      _save_png(paths[kind], np.concatenate([rgb, soft[..., None]], axis=-1), "RGBA")
+    else:
+      _save_png(paths[kind], composite(rgb, alpha, bgcolor), "RGB")
   return paths
 
 
@@ -430,11 +532,34 @@ def _letterbox(picture: np.ndarray, cell: int) -> np.ndarray:
   return out
 
 
-def contact_sheet_cells(rgb_uint8, alpha_hw, cell: int = 128) -> tuple[np.ndarray, ...]:
-  """(image, soft mask, cut-out over a checkerboard) of one input, each uint8 [cell, cell, 3].
+def thumbnail(rgb_uint8, bool_masks=(), cell: int = 128) -> tuple:
+  """(picture, *masks) at a common size: scaled so that the longer side is `cell` (LANCZOS; the
+  bool masks [H, W] by nearest neighbour) and letterboxed to cell x cell (grey; masks False)."""
+  rgb = _check_rgb(rgb_uint8)
+  h, w = rgb.shape[:2]
+  scale = cell / max(h, w)
+  fh, fw = max(1, round(h * scale)), max(1, round(w * scale))
+  y, x = (cell - fh) // 2, (cell - fw) // 2
+  out = [_letterbox(_resize_rgb(rgb, fw, fh), cell)]
+  for m in bool_masks:
+    small = np.asarray(Image.fromarray(np.asarray(m, np.uint8) * np.uint8(255)).resize(
+        (fw, fh), Image.NEAREST)) > 127
+    box = np.zeros((cell, cell), bool)
+    box[y:y + fh, x:x + fw] = small
+    out.append(box)
+  return tuple(out)
 
-  The picture is scaled (aspect kept) so that its longer side is `cell`, then letterboxed on grey.
-  """
+
+SHEET_COLUMNS = ("image", "mask", "matte", "cut-out")
+_LABEL_WIDTH = 160   # pixels of the file-name column of a contact sheet
+_TITLE_HEIGHT = 20
+
+
+def contact_sheet_cells(rgb_uint8, alpha_hw, threshold: float = masks.HARD_MASK_THRESHOLD,
+                        cell: int = 128) -> tuple[np.ndarray, ...]:
+  """(image, hard mask, soft mask (matte), cut-out over a checkerboard) of one input, each uint8
+  [cell, cell, 3]. The picture is scaled (aspect kept) so that its longer side is `cell`, then
+  letterboxed on grey; the mask is `masks.hard_mask` of the full-size alpha, scaled down."""
   rgb = _check_rgb(rgb_uint8)
   alpha = _alpha_2d(alpha_hw)
   h, w = rgb.shape[:2]
@@ -442,24 +567,51 @@ def contact_sheet_cells(rgb_uint8, alpha_hw, cell: int = 128) -> tuple[np.ndarra
   fh, fw = max(1, round(h * scale)), max(1, round(w * scale))
   small = _resize_rgb(rgb, fw, fh)
   a = _resize_alpha(alpha, fw, fh)
-  soft = np.repeat(np.floor(a * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+  hard = np.where(masks.hard_mask(alpha, threshold), 255, 0).astype(np.uint8)
+  hard = np.asarray(Image.fromarray(hard).resize((fw, fh), Image.NEAREST))
+  grey = lambda v: np.repeat(v[..., None], 3, axis=-1)
+  soft = grey(np.floor(a * 255.0 + 0.5).astype(np.uint8))
   cut = a[..., None] * small.astype(np.float32) + (1.0 - a[..., None]) * _checkerboard(fh, fw)
   cut = np.floor(cut + 0.5).clip(0, 255).astype(np.uint8)
-  return tuple(_letterbox(p, cell) for p in (small, soft, cut))
+  return tuple(_letterbox(p, cell) for p in (small, grey(hard), soft, cut))
 
 
-def contact_sheet(rows, cell: int = 128, max_items: int = 64, columns: int = 8) -> np.ndarray:
-  """Overview picture of segmented inputs.
+def _text_panel(text: str, width: int, height: int) -> np.ndarray:
+  """uint8 [height, width, 3]: `text` in black on white, wrapped by characters, '...' if cut."""
+  from PIL import ImageDraw, ImageFont  # pylint: disable=import-outside-toplevel
+  img = Image.new("RGB", (width, height), (255, 255, 255))
+  draw = ImageDraw.Draw(img)
+  font = ImageFont.load_default(size=12)
+  lines, line = [], ""
+  for ch in text:
+    if draw.textlength(line + ch, font=font) > width - 8:
+      lines.append(line)
+      line = ""
+    line += ch
+  lines.append(line)
+  fit = max(1, (height - 4) // 15)
+  if len(lines) > fit:
+    lines = lines[:fit]
+    lines[-1] = lines[-1][:-3] + "..."
+  for i, t in enumerate(lines):
+    draw.text((4, 2 + 15 * i), t, fill=(0, 0, 0), font=font)
+  return np.asarray(img)
+
+
+def contact_sheet(rows, labels=None, cell: int = 128, max_items: int = 64,
+                  threshold: float = masks.HARD_MASK_THRESHOLD, pad: int = 2) -> np.ndarray:
+  """Overview picture of segmented inputs, one labelled row per input.
 
   Args:
-    rows: list of (rgb uint8 [H, W, 3], alpha float [H, W]) pairs, any sizes, or of the cells
-      `contact_sheet_cells` made of them (what a long run keeps instead of its full inputs).
+    rows: list of (rgb uint8 [H, W, 3], alpha float [H, W]) pairs, any sizes, or of the four
+      cells `contact_sheet_cells` made of them (what a long run keeps instead of its inputs).
+    labels: one name per row (e.g. the input's file name), shown in a first column.
     cell: side of each square cell (pictures keep their aspect, letterboxed on grey).
     max_items: only the first max_items inputs are drawn.
-    columns: inputs per block.
+    threshold: hard-mask threshold of the pairs' mask column.
   Returns:
-    uint8 [H', W', 3]: one column per input; per block of `columns` inputs three rows: image,
-    soft mask, cut-out over a checkerboard (`images.make_grid` layout, white padding).
+    uint8 [H', W', 3]: a title row (file, image, mask, matte, cut-out), then per input its name,
+    the picture, its hard mask, its soft mask and its cut-out over a checkerboard; white padding.
   """
   cell = int(cell)
   if cell < 8:
@@ -467,19 +619,25 @@ def contact_sheet(rows, cell: int = 128, max_items: int = 64, columns: int = 8) 
   items = list(rows)[:max(int(max_items), 0)]
   if not items:
     raise ValueError("contact_sheet: nothing to draw")
-  cells = [item if len(item) == 3 else contact_sheet_cells(item[0], item[1], cell)
+  labels = list(labels or [""] * len(items))[:len(items)]
+  cells = [item if len(item) == 4 else contact_sheet_cells(item[0], item[1], threshold, cell)
            for item in items]
-  grid_rows = []
-  for start in range(0, len(cells), columns):
-    block = cells[start:start + columns]
-    for k in range(3):
-      grid_rows.append(np.stack([c[k] for c in block]))
-  return make_grid(grid_rows, ncols=min(columns, len(cells)))
+  widths = [_LABEL_WIDTH] + [cell] * len(SHEET_COLUMNS)
+  xs = np.cumsum([pad] + [w + pad for w in widths])
+  out = np.full((pad + _TITLE_HEIGHT + len(cells) * (cell + pad) + pad, int(xs[-1]), 3), 255,
+                np.uint8)
+  for x, w, title in zip(xs, widths, ("file",) + SHEET_COLUMNS):
+    out[pad:pad + _TITLE_HEIGHT, x:x + w] = _text_panel(title, w, _TITLE_HEIGHT)
+  for i, (label, row) in enumerate(zip(labels, cells)):
+    y = 2 * pad + _TITLE_HEIGHT + i * (cell + pad)
+    for x, w, picture in zip(xs, widths, (_text_panel(str(label), _LABEL_WIDTH, cell),) + row):
+      out[y:y + cell, x:x + w] = picture
+  return out
 
 
-def save_contact_sheet(path, rows, cell: int = 128, max_items: int = 64,
-                       columns: int = 8) -> np.ndarray:
+def save_contact_sheet(path, rows, labels=None, cell: int = 128, max_items: int = 64,
+                       threshold: float = masks.HARD_MASK_THRESHOLD) -> np.ndarray:
   """`contact_sheet` written atomically as a PNG; returns the picture."""
-  sheet = contact_sheet(rows, cell=cell, max_items=max_items, columns=columns)
+  sheet = contact_sheet(rows, labels, cell=cell, max_items=max_items, threshold=threshold)
   _save_png(os.fspath(path), sheet, "RGB")
   return sheet

@@ -165,3 +165,14 @@ def student_step(state: StudentState, images, soft_targets, *, model: nn.Module,
 def predict_alpha(params, images, *, model: nn.Module):
   """The student's alpha: sigmoid(model(images)), [B, H, W, 1] float32 in (0, 1)."""
   return jax.nn.sigmoid(model.apply({"params": params}, images))
+
+
+def alpha_from_uint8(params, images_uint8, *, model: nn.Module):
+  """The student on raw pixels: uint8 RGB [B, S, S, 3] -> float32 alpha [B, S, S] in [0, 1].
+
+  Pixels map to [-1, 1] as x / 127.5 - 1 (the convention of the pairs the student trained on).
+  This is the function `experiments.export_segmenter` serializes and every in-process caller runs,
+  so that the exported artifact and the in-process student compute the same thing.
+  """
+  x = images_uint8.astype(jnp.float32) / jnp.float32(127.5) - jnp.float32(1.0)
+  return predict_alpha(params, x, model=model)[..., 0]

@@ -77,6 +77,9 @@ class SegmenterEval:
                                  "test split).")
   gt_masks: Optional[str] = option(None, "Exact masks of --images, paired by file stem (0/255, "
                                    "0/1 or 16-bit).")
+  fit: str = option("pad", "How --segmenter meets photos of other shapes than its square: pad "
+                    "(edge replication), crop (tiles) or stretch (as experiments.segment).",
+                    choices=("pad", "crop", "stretch"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +242,7 @@ def evaluate_segmenter(cfg: SegmenterEval, out_dir: str) -> dict:
   images = cfg.images or os.path.join(REAL_TEST, "images")
   gt = cfg.gt_masks or os.path.join(REAL_TEST, "masks")
   result = score_segmenter(cfg.segmenter, images, gt, os.path.join(out_dir, "segment"),
-                           errors_png=os.path.join(out_dir, "errors.png"))
+                           errors_png=os.path.join(out_dir, "errors.png"), fit=cfg.fit)
   result.update(source="segmenter", images=images, gt_masks=gt)
   return result
 
@@ -284,43 +287,48 @@ def score_masks(images_dir: str, gt_dir: str, seg_out: str, errors_png: str = ""
 
 
 def score_segmenter(segmenter: str, images_dir: str, gt_dir: str, out: str,
-                    errors_png: str = "", threshold=None) -> dict:
+                    errors_png: str = "", threshold=None, fit: str = "pad") -> dict:
   """Segments `images_dir` into the folder `out` (masks/, alpha/, cutout/ as experiments.segment
   writes them, through `system.segmentation`) and scores the masks (`score_masks`). Returns the
-  metrics plus 'segmented', 'skipped' and 'threshold'."""
+  metrics plus 'segmented', 'skipped', 'threshold' and 'fit'."""
   # pylint: disable=import-outside-toplevel
   from l4f_jax.io import image_io
-  from l4f_jax.system import segmentation, weights
-  seg = weights.load_segmenter(segmenter)
-  threshold = seg.threshold if threshold is None else threshold
+  from l4f_jax.system import segmentation
+  model = segmentation.load_model(segmenter)
+  threshold = model.threshold if threshold is None else threshold
   paths = image_io.list_inputs(images_dir)
   stems = image_io.output_stems(paths, images_dir)
   skipped, done = [], 0
-  for chunk in segmentation.predictions(seg, list(zip(range(len(paths)), paths, stems)), 16,
-                                        image_io.MAX_PIXELS, skipped):
+  for chunk in segmentation.predictions(model, list(zip(range(len(paths)), paths, stems)),
+                                        image_io.MAX_PIXELS, skipped, fit):
     for _, _, stem, rgb, alpha in chunk:
       image_io.write_segmentation(out, stem, rgb, alpha, threshold)
     done += len(chunk)
   result = score_masks(images_dir, gt_dir, out, errors_png)
-  result.update(segmented=done, skipped=len(skipped), threshold=threshold,
+  result.update(segmented=done, skipped=len(skipped), threshold=threshold, fit=fit,
                 segmenter=os.path.abspath(segmenter))
   return result
 
 
-def _error_pictures(images_dir: str, gt_dir: str, seg_out: str, path: str, n: int = 16) -> None:
+def _error_pictures(images_dir: str, gt_dir: str, seg_out: str, path: str, n: int = 16,
+                    thumb: int = 128) -> None:
+  """Image / mask / exact mask / FP-FN overlay of the first `n` inputs. Inputs of several sizes
+  are drawn at a common thumbnail size: each scaled so that its longer side is `thumb` (masks by
+  nearest neighbour) and letterboxed on grey."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from l4f_jax.method import evaluation  # pylint: disable=import-outside-toplevel
+  from l4f_jax.io import image_io, images  # pylint: disable=import-outside-toplevel
   names = sorted(os.listdir(os.path.join(seg_out, "masks")), key=evaluation.natural_key)[:n]
   stems = [os.path.splitext(f)[0] for f in names]
   find = lambda d, s: next(os.path.join(d, f) for f in os.listdir(d)
                            if os.path.splitext(f)[0] == s)
-  from l4f_jax.io import image_io, images  # pylint: disable=import-outside-toplevel
   load = lambda d, s: image_io.read_rgb(find(d, s))
   img = [load(images_dir, s) for s in stems]
+  gt = [load(gt_dir, s)[..., 0] > 127 for s in stems]
+  pred = [load(os.path.join(seg_out, "masks"), s)[..., 0] > 127 for s in stems]
   if len({x.shape for x in img}) != 1:
-    return  # inputs of several sizes: no grid
-  gt = np.stack([load(gt_dir, s)[..., 0] > 127 for s in stems])
-  pred = np.stack([load(os.path.join(seg_out, "masks"), s)[..., 0] > 127 for s in stems])
-  img = np.stack(img)
+    img, gt, pred = (list(x) for x in zip(*(image_io.thumbnail(i, [g, p], thumb)
+                                            for i, g, p in zip(img, gt, pred))))
+  img, gt, pred = np.stack(img), np.stack(gt), np.stack(pred)
   images.save_grid(path, {"image": img, "mask": pred, "exact mask": gt,
                           "errors (FP yellow, FN cyan)": evaluation.error_overlay(img, pred, gt)})

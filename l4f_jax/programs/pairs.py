@@ -95,11 +95,7 @@ def _shared_tmpdir(out: str) -> str:
   """A staging folder next to `out`, the same on every process (process 0 makes it; a folder that
   a killed earlier run left is removed, `files.staging_dir`)."""
   path = files.staging_dir(out, program="make_pairs") if jax.process_index() == 0 else ""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    data = np.frombuffer(path.encode().ljust(4096, b"\0"), np.uint8)
-    path = bytes(multihost_utils.broadcast_one_to_all(data)).rstrip(b"\0").decode()
-  return path
+  return sharding.broadcast_text(path)
 
 
 def _generate(cfg, gen, alpha_params, mesh, global_batch, rows, parts) -> None:

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Optional
 
 from l4f_jax.config import nested, option, to_dict
 from l4f_jax.errors import UserError
@@ -87,8 +88,9 @@ def _reuse_pairs(pc: pairs.PairsConfig) -> bool:
   return same and stored.get("alpha_fingerprint") == weights.fingerprint(alpha)
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-  """Runs the stages (module docstring); returns what eval.json holds."""
+def run_pipeline(cfg: PipelineConfig) -> Optional[dict]:
+  """Runs the stages (module docstring); returns what eval.json holds (None on the processes
+  other than 0 of a multi-process run, which segment their share of the real test split)."""
   from l4f_jax.datasets.shapes import ensure_real_test_split  # pylint: disable=import-outside-toplevel
   l4f = cfg.labels4free
   workdir = os.path.abspath(l4f.workdir)
@@ -126,6 +128,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     seg_out = os.path.join(l4f.workdir, "real_test")
     summary = segment.segment(segment.SegmentConfig(segmenter=sc.export, images=images,
                                                     out=seg_out, overwrite=True))
+    if summary is None:  # another process than 0 segmented its share; process 0 scores, reports
+      return None
     student_eval = evaluate.score_masks(images, exact, seg_out,
                                         os.path.join(workdir, "real_test_errors.png"))
     student_eval.update(segmented=summary["segmented"], skipped=summary["skipped"],

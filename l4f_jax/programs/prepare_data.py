@@ -14,6 +14,7 @@ unchanged) is reused, another --src or changed files are refused unless `overwri
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Optional
 
@@ -27,7 +28,9 @@ from l4f_jax.io.files import check_writable_dir
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
-  src: Optional[str] = option(None, "Folder of images (searched recursively), or 'shapes'.")
+  src: Optional[str] = option(None, "Folder of images (searched recursively), 'shapes', or "
+                              "'shapes_windows' (non-square windows of the built-in world with "
+                              "exact masks, a validation set for --fit).")
   name: Optional[str] = option(None, "Dataset name (directory under --data_dir); defaults to "
                                "'l4f_shapes' for shapes.")
   size: Optional[int] = option(None, "Output image side in pixels (default 64 for shapes).",
@@ -40,9 +43,23 @@ class PrepareConfig:
                            "--src (or from files that changed since).")
 
 
+def _windows(cfg: PrepareConfig, t0: float) -> tuple[str, str]:
+  """<data_dir>/<name or l4f_shapes_windows>/images and masks: --num_examples windows cut from
+  --size (default 128) px frames (`shapes.render_window_example`)."""
+  check_writable_dir(cfg.data_dir, "--data_dir")
+  path = os.path.join(cfg.data_dir, cfg.name or "l4f_shapes_windows")
+  size = cfg.size or 128
+  path = shapes.export_real_test_split(path, size=size, n=cfg.num_examples, seed=cfg.seed,
+                                       overwrite=cfg.overwrite, windows=True)
+  return path, (f"l4f_shapes windows: {cfg.num_examples} non-square images cut from {size}px "
+                f"frames, with exact masks, in {path} ({time.time() - t0:.1f} s)")
+
+
 def prepare(cfg: PrepareConfig) -> tuple[str, str]:
   """Builds (or reuses) the dataset; returns its directory and a one-line summary."""
   t0 = time.time()
+  if cfg.src == "shapes_windows":
+    return _windows(cfg, t0)
   synthetic = cfg.synthetic or cfg.src == "shapes"
   needed = ((cfg.src, "--src is required: a folder of images, or --src=shapes"),
             (cfg.name, "--name is required for an image folder, e.g. --name=ffhq"),

@@ -15,6 +15,7 @@ size, architecture and threshold; `experiments.segment --segmenter=<export>` rea
 from __future__ import annotations
 
 import dataclasses
+import json
 import functools
 import os
 from typing import Optional
@@ -55,6 +56,16 @@ class StudentConfig:
   log_every: int = option(50, "Metrics interval.", ge=1)
   seed: int = option(0, "Seed of the init, the data order and the augmentations.")
   num_devices: Optional[int] = option(None, "Use only the first N devices.", ge=1)
+
+
+def _pairs_provenance(pairs: str) -> dict:
+  """The generator's and A's fingerprints that make_pairs recorded in <pairs>/pairs.json."""
+  try:
+    with open(os.path.join(pairs, "pairs.json")) as f:
+      meta = json.load(f)
+    return {k: meta[k] for k in ("generator_fingerprint", "alpha_fingerprint") if k in meta}
+  except (OSError, ValueError, TypeError):
+    return {}
 
 
 def _export_dir(cfg: StudentConfig) -> str:
@@ -150,7 +161,7 @@ def _train(cfg, run, mesh, loader, size, global_batch, export) -> dict:
   done = int(jax.device_get(state.step))
   config = {"kind": weights.SEGMENTER_KIND, "size": size, "arch": to_dict(cfg.arch),
             "threshold": cfg.threshold, "steps": done, "pairs": os.path.abspath(cfg.pairs),
-            "train_config": to_dict(cfg)}
+            "train_config": to_dict(cfg), **_pairs_provenance(cfg.pairs)}
   loop.finish_and_export(run, state, export, config,
                          lambda s: {"segmenter": sharding.to_host(s.params)})
   return {"steps": done, "export": export}

@@ -10,6 +10,7 @@ device sees its own rows (and its own minibatch-stddev groups).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, Optional
 
@@ -17,6 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from l4f_jax.io import files
 
 AXIS = "data"
 REPLICATED = P()
@@ -44,6 +47,44 @@ def maybe_initialize_distributed(coordinator: Optional[str] = None, num_processe
     jax.distributed.initialize()
   logging.info("process %d/%d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+
+
+def barrier(name: str) -> None:
+  """Every process of a multi-process run waits here for the others (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def broadcast_text(text: str, limit: int = 4096) -> str:
+  """Process 0's `text` on every process (e.g. a staging folder's path)."""
+  if jax.process_count() == 1:
+    return text
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  data = np.frombuffer(text.encode().ljust(limit, b"\0")[:limit], np.uint8)
+  return bytes(multihost_utils.broadcast_one_to_all(data)).rstrip(b"\0").decode()
+
+
+@contextlib.contextmanager
+def shared_staged(dst: str, *, program: str, settings=None, resumable: bool = False):
+  """`files.staged` for all processes of a run on a shared file system: process 0 makes (or
+  resumes) the staging folder, removes it on failure and commits it; every other process writes
+  its own outputs into the same folder and records them in its own journal
+  (`files.Staging(process=k)`). The caller waits (`barrier`) for every process's outputs before
+  process 0 commits, so `dst` appears complete or not at all."""
+  if jax.process_index() == 0:
+    with files.staged(dst, program=program, settings=settings, resumable=resumable) as st:
+      broadcast_text(st.path)
+      yield st
+  else:
+    path = broadcast_text("")
+    yield files.Staging(path, os.path.abspath(dst), resumable, process=jax.process_index(),
+                        sweep=False)
+
+
+def local_mesh() -> Mesh:
+  """A 1-D mesh over this process's devices (independent work per process, no collectives)."""
+  return Mesh(np.asarray(jax.local_devices()), (AXIS,))
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:

@@ -420,16 +420,18 @@ def is_segmenter(path: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Segmenter:
-  """A loaded segmenter export: module, params, input size and hard-mask threshold."""
+class LoadedSegmenter:
+  """A loaded segmenter export: module, params, input size, hard-mask threshold and its config
+  (architecture, training config, provenance)."""
   path: str
   module: UNet
   params: Any
   size: int
   threshold: float
+  config: dict
 
 
-def load_segmenter(path: str, flag: str = "--segmenter") -> Segmenter:
+def load_segmenter(path: str, flag: str = "--segmenter") -> LoadedSegmenter:
   try:
     config, trees = load_weights(path, SEGMENTER_HINT)
   except UserError as e:
@@ -438,5 +440,6 @@ def load_segmenter(path: str, flag: str = "--segmenter") -> Segmenter:
     raise WeightsError(f"{flag}={path} is not a segmenter export (kind {config.get('kind')!r}); "
                        f"{SEGMENTER_HINT}")
   arch = SegmenterArch(**config["arch"])
-  return Segmenter(path=path, module=arch.module(), params=trees["segmenter"],
-                   size=int(config["size"]), threshold=float(config.get("threshold", 0.5)))
+  return LoadedSegmenter(path=path, module=arch.module(), params=trees["segmenter"],
+                         size=int(config["size"]), threshold=float(config.get("threshold", 0.5)),
+                         config=config)
