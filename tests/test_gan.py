@@ -12,12 +12,13 @@ from l4f_jax.models.stylegan2 import Discriminator, Generator
 from l4f_jax.system import sharding
 
 
-def _setup(cfg):
-  G = Generator(16, style_dim=16, n_mlp=1, channel_max=8)
-  D = Discriminator(16, channel_max=8)
+def _setup(cfg, size=8):
+  """The smallest G and D (one up / down block): every op of the step, the cheapest compile."""
+  G = Generator(size, style_dim=16, n_mlp=1, channel_max=8)
+  D = Discriminator(size, channel_max=8)
   k = jax.random.key(0)
   gp = G.init(k, jnp.zeros((1, 16)), noise_key=k)["params"]
-  dp = D.init(k, jnp.zeros((4, 16, 16, 3)))["params"]
+  dp = D.init(k, jnp.zeros((4, size, size, 3)))["params"]
   return G, D, gan.init_gan_state(cfg, gp, dp)
 
 
@@ -31,7 +32,7 @@ def test_sharded_step_ema_and_regularisers():
       mesh, in_specs=(sharding.REPLICATED, sharding.SHARDED, sharding.REPLICATED),
       out_specs=(sharding.REPLICATED, sharding.REPLICATED))
   old = jax.device_get(state)
-  real = jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1, maxval=1)
+  real = jax.random.uniform(jax.random.key(1), (8, 8, 8, 3), minval=-1, maxval=1)
   new, metrics = jax.jit(step)(sharding.replicate(state, mesh), real, jax.random.key(2))
   new, metrics = jax.device_get((new, metrics))
   assert int(new.step) == 1
