@@ -208,7 +208,7 @@ def evaluate_generated(cfg: GeneratedEval, out_dir: Optional[str] = None) -> dic
 
   gen = weights.load_generator(cfg.generator)
   a_params = weights.load_alpha(cfg.alpha, gen)
-  w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+  w_avg = training.generator_w_avg(gen, cfg.seed)
   out = inference.sample_masks(gen.params, a_params, w_avg, jax.random.key(cfg.seed), cfg.n,
                                cfg.batch, generator=gen.module, alpha_net=AlphaNetwork(gen.size),
                                truncation=cfg.truncation, threshold=cfg.threshold)

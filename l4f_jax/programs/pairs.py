@@ -105,7 +105,7 @@ def _shared_tmpdir(out: str) -> str:
 def _generate(cfg, gen, alpha_params, mesh, global_batch, rows, parts) -> None:
   """Writes this host's rows of every global batch to `parts` as NumPy chunks."""
   os.makedirs(parts, exist_ok=True)
-  w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+  w_avg = training.generator_w_avg(gen, cfg.seed)
   g_rep = sharding.replicate(gen.params, mesh)
   a_rep = sharding.replicate(alpha_params, mesh)
   w_rep = sharding.replicate(w_avg, mesh)

@@ -91,7 +91,7 @@ def sample(cfg: SampleConfig) -> list[str]:
       raise UserError(f"--use_latent_avg: {cfg.generator} has no latent_avg; drop the flag")
     w_avg = gen.trees["latent_avg"]
   else:
-    w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+    w_avg = training.generator_w_avg(gen, cfg.seed)
   k_samples = jax.random.split(jax.random.PRNGKey(cfg.seed))[1]
   # Backgrounds: G_bg of the same z (its own noise) without --alpha; with --alpha, G_bg of an
   # independent z' as the official test_sample.py.

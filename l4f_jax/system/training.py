@@ -44,6 +44,16 @@ def w_avg(generator: Generator, g_params, seed: int):
       g_params, stream_key(seed, "w_avg"))
 
 
+def generator_w_avg(gen, seed: int):
+  """The w-bar of a loaded generator (`weights.LoadedGenerator`): the stored 'latent_avg' when its
+  config says truncation uses it (NVIDIA's tracked `w_avg`, stylegan2-ada-pytorch
+  training/networks.py MappingNetwork), else `w_avg` (the mean over N_MEAN_LATENT sampled z, the
+  rosinality / Labels4Free choice). [1, style_dim]."""
+  if gen.config.get("truncation_center") == "w_avg":
+    return jnp.asarray(gen.trees["latent_avg"], jnp.float32).reshape(1, -1)
+  return w_avg(gen.module, gen.params, seed)
+
+
 def stddev_group(local_batch: int, group: int = 4) -> int:
   """rosinality's minibatch-stddev group size min(B, group) for a per-device batch B."""
   return min(local_batch, group)
