@@ -238,8 +238,8 @@ for _name in _STORAGE_DTYPES:
 for _name in _TORCH_DTYPES:
   ALLOWED[("torch", _name)] = (lambda n: lambda: _torch_dtype(n))(_name)
 
-_TF_HINT = ("a TensorFlow-era StyleGAN pickle (dnnlib.tflib); convert it to a PyTorch pickle with "
-            "legacy.py of NVlabs/stylegan2-ada-pytorch first")
+_TF_HINT = ("a TensorFlow-era StyleGAN pickle (dnnlib.tflib); convert it with legacy.py of "
+            "NVlabs/stylegan2-ada-pytorch first")
 
 
 class _Unpickler(pickle.Unpickler):

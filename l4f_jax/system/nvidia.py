@@ -139,9 +139,8 @@ def _check_generator(G: _Mod) -> tuple[_Mod, int, int]:
   """Refusals of what rosinality's G cannot express; returns (synthesis, size, w_dim)."""
   c_dim = G.attr("c_dim", 0) or 0
   if c_dim:
-    raise UserError(f"{G.path} is a conditional generator (c_dim={c_dim}); class-conditional "
-                    "generators are not supported (Labels4Free's G takes no label); convert an "
-                    "unconditional one")
+    raise UserError(f"{G.path} is a conditional generator (c_dim={c_dim}): not supported "
+                    "(Labels4Free's G takes no label); convert an unconditional one")
   syn = G.sub("synthesis")
   if syn.has("input") or not syn.has("b4"):
     raise UserError(f"{G.path} is a StyleGAN3 (-t / -r) generator, not StyleGAN2; convert a "
