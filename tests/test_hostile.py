@@ -791,6 +791,13 @@ CASES = {
         "convert", ("--src={tmp}/net.pkl", "--dst={tmp}/w"),
         says=("conditional generator (c_dim=2)", "not supported"),
         setup=_nvidia_file("net.pkl", "cond_g"), keep=("{tmp}/net.pkl",), absent=("{tmp}/w",)),
+    "sample_const_noise_without_stored_noise": Case(
+        "sample", ("--generator={gen}", "--out={tmp}/out", "--noise_mode=const"),
+        says=("--noise_mode=const", "stores no noise maps", "--noise_mode=random"),
+        absent=("{tmp}/out",)),
+    "make_pairs_unknown_noise_mode": Case(
+        "make_pairs", ("--generator={other}", "--alpha={alpha_other}", "--out={tmp}/out",
+                       "--noise_mode=fixed"), says=("--noise_mode",), absent=("{tmp}/out",)),
     "benchmark_without_torch": Case("benchmark", ("--what=generator",),
                                     says=("needs PyTorch", "--notorch"), no_torch=True),
     "segment_segmenter_missing": Case(

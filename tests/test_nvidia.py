@@ -120,6 +120,13 @@ def test_convert_file_writes_a_weight_directory(tmp_path):
   snap = torch_pickle.read(os.path.join(HERE, "ada_clamp_fp16_64.pkl"))
   w_avg = snap["G_ema"].child("mapping").tensors("_buffers")["w_avg"]
   np.testing.assert_array_equal(np.asarray(training.generator_w_avg(gen, 0))[0], w_avg)
+  # What the programs use (--noise_mode=const, the stored w_avg) is NVIDIA's noise_mode='const'.
+  _, meta, gold = _fixture("ada_clamp_fp16_64")
+  img, _ = gen.module.apply({"params": gen.params}, jnp.asarray(gold["z"]), truncation=0.7,
+                            truncation_latent=training.generator_w_avg(gen, 0),
+                            noise=training.generator_noise(gen, "const"))
+  assert _image_error(np.asarray(img).transpose(0, 3, 1, 2), gold, "img_psi0.7") <= TOL
+  assert training.generator_noise(gen, "random") is None
 
 
 def test_rosinality_defaults_reproduce_todays_models():

@@ -30,7 +30,7 @@ def test_snapshot_to_masks(tmp_path):
        "--prepare_shapes=32", f"--workdir={run}", "--iter=2", "--batch=2", "--d_reg_every=2",
        "--n_sample=2", "--eval_samples=0", "--use_disc")
   _run("experiments.make_pairs", f"--generator={g}", f"--alpha={run}/alpha", f"--out={pairs}",
-       "--n=8", "--batch=4")
+       "--n=8", "--batch=4", "--noise_mode=const")
   _run("experiments.train_student", f"--pairs={pairs}", f"--workdir={student}", "--steps=3",
        "--batch=2", "--width=4", "--depth=2", "--max_width=8", "--n_sample=0")
   os.makedirs(tmp_path / "photos")

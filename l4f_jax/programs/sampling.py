@@ -51,6 +51,7 @@ class SampleConfig:
   use_latent_avg: bool = option(False, "Use the checkpoint's latent_avg instead of the 4096-z "
                                 "mean.")
   grid_cols: int = option(8, "Samples per grid row.", ge=1)
+  noise_mode: str = option("random", training.NOISE_MODE_HELP, choices=training.NOISE_MODES)
 
 
 def _rows(x, ncols: int) -> list:
@@ -99,7 +100,8 @@ def sample(cfg: SampleConfig) -> list[str]:
                                 generator=gen.module, alpha_net=alpha_net,
                                 truncation=cfg.truncation, threshold=cfg.threshold,
                                 independent_bg=alpha_net is not None,
-                                background_mode=cfg.background_mode)
+                                background_mode=cfg.background_mode,
+                                const_noise=training.generator_noise(gen, cfg.noise_mode))
   bad = [k for k, v in outs.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
          and not np.all(np.isfinite(v))]
   if bad:
