@@ -571,6 +571,8 @@ def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float =
   files.check_writable_dir(dst, "--dst")
   files.check_disjoint(dst, [("--src", src)], "--dst")
   ckpt = load_checkpoint(src)
+  if isinstance(ckpt, torch_pickle.PersistentObject):  # a pickled network on its own
+    ckpt = {"G_ema" if ckpt.class_name == "Generator" else ckpt.class_name: ckpt}
   if nvidia.is_snapshot(ckpt):
     try:
       config, trees, report = convert_nvidia(ckpt, lr_mlp if lr_mlp != 0.01 else None)
