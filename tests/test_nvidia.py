@@ -55,12 +55,14 @@ def _errors(config, trees, meta, gold):
   G = weights.generator_from_config(config)
   out = {}
   for psi in meta["psis"]:
-    img, _ = G.apply({"params": trees["g_ema"]}, jnp.asarray(gold["z"]), truncation=psi,
-                     truncation_latent=trees["latent_avg"], noise=trees["noises"])
+    run = jax.jit(lambda p, z, w, n, psi=psi: G.apply({"params": p}, z, truncation=psi,
+                                                      truncation_latent=w, noise=n)[0])
+    img = run(trees["g_ema"], jnp.asarray(gold["z"]), trees["latent_avg"], trees["noises"])
     out[f"img_psi{psi}"] = _image_error(np.asarray(img).transpose(0, 3, 1, 2), gold,
                                         f"img_psi{psi}")
   D = weights.discriminator_from_config(config)
-  logits = D.apply({"params": trees["d"]}, jnp.asarray(_d_input(meta).transpose(0, 2, 3, 1)))
+  logits = jax.jit(D.apply)({"params": trees["d"]},
+                            jnp.asarray(_d_input(meta).transpose(0, 2, 3, 1)))
   out["d_logits"] = float(np.abs(np.asarray(logits) - gold["d_logits"]).max())
   return out
 
@@ -122,9 +124,10 @@ def test_convert_file_writes_a_weight_directory(tmp_path):
   np.testing.assert_array_equal(np.asarray(training.generator_w_avg(gen, 0))[0], w_avg)
   # What the programs use (--noise_mode=const, the stored w_avg) is NVIDIA's noise_mode='const'.
   _, meta, gold = _fixture("ada_clamp_fp16_64")
-  img, _ = gen.module.apply({"params": gen.params}, jnp.asarray(gold["z"]), truncation=0.7,
-                            truncation_latent=training.generator_w_avg(gen, 0),
-                            noise=training.generator_noise(gen, "const"))
+  run = jax.jit(lambda p, z, w, n: gen.module.apply({"params": p}, z, truncation=0.7,
+                                                    truncation_latent=w, noise=n)[0])
+  img = run(gen.params, jnp.asarray(gold["z"]), training.generator_w_avg(gen, 0),
+            training.generator_noise(gen, "const"))
   assert _image_error(np.asarray(img).transpose(0, 3, 1, 2), gold, "img_psi0.7") <= TOL
   assert training.generator_noise(gen, "random") is None
 
