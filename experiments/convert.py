@@ -1,16 +1,19 @@
-r"""Converts a PyTorch checkpoint to an l4f_jax weight directory (config.json + Orbax state).
+r"""Converts a PyTorch checkpoint or an NVIDIA network snapshot to an l4f_jax weight directory
+(config.json + Orbax state).
 
   python -m experiments.convert --src=stylegan2-ffhq-config-f.pt --dst=weights/ffhq
-  python -m experiments.convert --src=checkpoint/010000.pt --dst=weights/l4f_ffhq --allow_pickle
+  python -m experiments.convert --src=checkpoint/010000.pt --dst=weights/l4f_ffhq
+  python -m experiments.convert --src=network-snapshot-025000.pkl --dst=weights/my_gan
 
-Reads rosinality files ('g_ema', and 'g', 'd', 'latent_avg' where present) and official Labels4Free
+Reads rosinality files ('g_ema', and 'g', 'd', 'latent_avg' where present), official Labels4Free
 checkpoints (alpha from 'bg_extractor_ema', else 'bg_extractor' without its `module.` prefix; 'd';
-the generator under 'g', since they have no 'g_ema'). Trees keep their checkpoint names; consumers
-take 'g_ema' when present, else 'g' (`weights.generator_params`).
+the generator under 'g', since they have no 'g_ema') and NVIDIA's stylegan2-ada-pytorch / stylegan3
+(--cfg=stylegan2) snapshots ('G_ema', 'D'). Trees keep their checkpoint names; consumers take
+'g_ema' when present, else 'g' (`weights.generator_params`).
 
---allow_pickle loads with torch.load(weights_only=False), which can execute code from the file: use
-it only for files you trust (training checkpoints need it for their argparse 'args'). The flags
-are the fields of `l4f_jax.system.convert.ConvertConfig`.
+Files are read without torch by a restricted unpickler that never runs code from the file
+(`l4f_jax.io.torch_pickle`); --allow_pickle is accepted for old command lines and does nothing.
+The flags are the fields of `l4f_jax.system.convert.ConvertConfig`.
 """
 from __future__ import annotations
 

@@ -40,12 +40,16 @@ def sample_batch(g_params, alpha_params, w_avg, keys, *, generator: Generator,
                  alpha_net: AlphaNetwork, truncation: float = 0.5,
                  threshold: float = masks.HARD_MASK_THRESHOLD,
                  independent_bg: bool = True, background_mode: str = "auto",
-                 background: bool = True) -> dict:
+                 background: bool = True, const_noise=None) -> dict:
   """One jitted batch: keys [B] (one per sample) -> dict of [B, ...] device arrays (module doc).
 
   `background=False` skips the G_bg pass (image, alpha and hard_mask only; needs `alpha_net`).
+  `const_noise`: the generator's stored noise maps [1, r, r, 1] used for every sample and G_bg
+  instead of drawn noise (NVIDIA's noise_mode='const'); None = drawn noise.
   """
-  draw = lambda stream: jax.vmap(lambda k: _draw(k, stream, generator))(keys)
+  def draw(stream):
+    z, noise = jax.vmap(lambda k: _draw(k, stream, generator))(keys)
+    return z, (noise if const_noise is None else list(const_noise))
   z, noise = draw(_FG)
   image, feats = generator.apply({"params": g_params}, z, truncation=truncation,
                                  truncation_latent=w_avg, noise=noise)
@@ -69,7 +73,7 @@ def sample_batch(g_params, alpha_params, w_avg, keys, *, generator: Generator,
 def sample_masks(g_params, alpha_params, w_avg, key, n: int, batch: int = 8, *,
                  generator: Generator, alpha_net: AlphaNetwork, truncation: float = 0.5,
                  threshold: float = masks.HARD_MASK_THRESHOLD, independent_bg: bool = True,
-                 background_mode: str = "auto") -> dict:
+                 background_mode: str = "auto", const_noise=None) -> dict:
   """n samples as numpy arrays: image, background, composite [n, S, S, 3] in [-1, 1] (unclamped),
   alpha [n, S, S, 1] float32, hard_mask [n, S, S] bool (only image and background when
   `alpha_net` is None).
@@ -87,7 +91,8 @@ def sample_masks(g_params, alpha_params, w_avg, key, n: int, batch: int = 8, *,
   chunks: dict[str, list] = {}
   for start in range(0, n, batch):
     keys = fold(key, jnp.arange(start, start + batch))
-    out = jax.device_get(sample_batch(g_params, alpha_params, w_avg, keys, **kw))
+    out = jax.device_get(sample_batch(g_params, alpha_params, w_avg, keys, const_noise=const_noise,
+                                      **kw))
     for k, v in out.items():
       chunks.setdefault(k, []).append(np.asarray(v)[:n - start])
   return {k: np.concatenate(v) for k, v in chunks.items()}

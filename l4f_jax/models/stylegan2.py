@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from l4f_jax.ops.layers import (Blur, ConstantInput, EqualConv2d, EqualLinear, FusedLeakyReLU,
-                                StyledConv, ToRGB, pixel_norm)
+                                StyledConv, ToRGB, clamp, pixel_norm)
 
 BACKGROUND_MODES = ("auto", "conv1", "input")
 
@@ -65,6 +65,7 @@ class Generator(nn.Module):
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   fused_modconv: bool = False  # rosinality's batch-grouped conv; False = the faster equal form
   dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
+  conv_clamp: Optional[float] = None  # NVIDIA's conv_clamp (256 in their configs); None: rosinality
 
   def setup(self):
     ch = channel_table(self.size, self.channel_multiplier, self.channel_base, self.channel_max)
@@ -75,7 +76,8 @@ class Generator(nn.Module):
     self.num_layers = num_layers(self.size)
     self.style = [EqualLinear(self.style_dim, lr_mul=self.lr_mlp, activation="fused_lrelu",
                               name=f"style_{i + 1}") for i in range(self.n_mlp)]
-    kw = dict(blur_kernel=self.blur_kernel, fused=self.fused_modconv, dtype=self.dtype)
+    kw = dict(blur_kernel=self.blur_kernel, fused=self.fused_modconv, dtype=self.dtype,
+              conv_clamp=self.conv_clamp)
     self.input = ConstantInput(ch[4], name="input")
     self.conv1 = StyledConv(ch[4], 3, name="conv1", **kw)
     self.to_rgb1 = ToRGB(upsample=False, name="to_rgb1", **kw)
@@ -171,7 +173,12 @@ def mean_latent(generator: Generator, params, key, n: int = N_MEAN_LATENT):
 
 
 class ConvLayer(nn.Module):
-  """rosinality ConvLayer: [Blur] -> EqualConv2d -> [FusedLeakyReLU]."""
+  """rosinality ConvLayer: [Blur] -> EqualConv2d -> [FusedLeakyReLU [-> clamp]].
+
+  `conv_clamp` clamps activated outputs as NVIDIA's Conv2dLayer does (stylegan2-ada-pytorch
+  training/networks.py: D's fromrgb, block convs and epilogue conv). Their resnet block's second
+  conv clamps at c * sqrt(1/2) after its sqrt(1/2) gain; rosinality applies the 1/sqrt(2) after
+  the sum, so clamping at c before it is the same."""
   features: int
   kernel_size: int
   downsample: bool = False
@@ -179,6 +186,7 @@ class ConvLayer(nn.Module):
   activate: bool = True
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
+  conv_clamp: Optional[float] = None
 
   @nn.compact
   def __call__(self, x):
@@ -191,7 +199,7 @@ class ConvLayer(nn.Module):
     x = EqualConv2d(self.features, self.kernel_size, stride, padding,
                     use_bias=self.use_bias and not self.activate, dtype=self.dtype, name="conv")(x)
     if self.activate:
-      x = FusedLeakyReLU(use_bias=self.use_bias, name="activate")(x)
+      x = clamp(FusedLeakyReLU(use_bias=self.use_bias, name="activate")(x), self.conv_clamp)
     return x
 
 
@@ -199,13 +207,14 @@ class ResBlock(nn.Module):
   features: int
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
+  conv_clamp: Optional[float] = None  # both convs, not the skip (NVIDIA)
 
   @nn.compact
   def __call__(self, x):
     cin = x.shape[-1]
-    out = ConvLayer(cin, 3, dtype=self.dtype, name="conv1")(x)
+    out = ConvLayer(cin, 3, dtype=self.dtype, conv_clamp=self.conv_clamp, name="conv1")(x)
     out = ConvLayer(self.features, 3, downsample=True, blur_kernel=self.blur_kernel,
-                    dtype=self.dtype, name="conv2")(out)
+                    dtype=self.dtype, conv_clamp=self.conv_clamp, name="conv2")(out)
     skip = ConvLayer(self.features, 1, downsample=True, use_bias=False, activate=False,
                      blur_kernel=self.blur_kernel, dtype=self.dtype, name="skip")(x)
     return (out + skip) / math.sqrt(2)
@@ -240,6 +249,7 @@ class Discriminator(nn.Module):
   channel_max: int = 512
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); None = the input's dtype
+  conv_clamp: Optional[float] = None  # NVIDIA's conv_clamp: fromrgb, block convs, final conv
 
   @nn.compact
   def __call__(self, x, stddev_chunks: int = 1):
@@ -247,15 +257,16 @@ class Discriminator(nn.Module):
     its own minibatch-stddev groups; everything else in D is per sample."""
     ch = channel_table(self.size, self.channel_multiplier, self.channel_base, self.channel_max)
     log_size = int(math.log2(self.size))
-    out = ConvLayer(ch[self.size], 1, dtype=self.dtype, name="convs_0")(x)
+    clamp_kw = dict(dtype=self.dtype, conv_clamp=self.conv_clamp)
+    out = ConvLayer(ch[self.size], 1, name="convs_0", **clamp_kw)(x)
     for n, i in enumerate(range(log_size, 2, -1), start=1):
-      out = ResBlock(ch[2 ** (i - 1)], self.blur_kernel, self.dtype, name=f"convs_{n}")(out)
+      out = ResBlock(ch[2 ** (i - 1)], self.blur_kernel, name=f"convs_{n}", **clamp_kw)(out)
     if out.shape[0] % stddev_chunks:
       raise ValueError(f"batch {out.shape[0]} is not divisible by {stddev_chunks} stddev chunks")
     chunked = out.reshape((stddev_chunks, -1) + out.shape[1:])
     stddev = lambda y: minibatch_stddev(y, self.stddev_group, self.stddev_feat)
     out = jax.vmap(stddev)(chunked).reshape(out.shape[:3] + (-1,))
-    out = ConvLayer(ch[4], 3, dtype=self.dtype, name="final_conv")(out)
+    out = ConvLayer(ch[4], 3, name="final_conv", **clamp_kw)(out)
     b = out.shape[0]
     out = jnp.transpose(out, (0, 3, 1, 2)).reshape(b, -1)  # NCHW flatten, as torch .view(B, -1)
     out = EqualLinear(ch[4], activation="fused_lrelu", dtype=self.dtype, name="final_linear_0")(out)

@@ -344,8 +344,14 @@ class ConstantInput(nn.Module):
     return jnp.broadcast_to(c, (batch,) + c.shape[1:])
 
 
+def clamp(x, limit: Optional[float]):
+  """NVIDIA's `conv_clamp` (stylegan2-ada-pytorch torch_utils/ops/bias_act.py: clamp to
+  [-limit, limit] after bias, activation and gain); None = no clamp (rosinality)."""
+  return x if limit is None else jnp.clip(x, -limit, limit)
+
+
 class StyledConv(nn.Module):
-  """ModulatedConv2d -> NoiseInjection -> FusedLeakyReLU (rosinality order)."""
+  """ModulatedConv2d -> NoiseInjection -> FusedLeakyReLU (rosinality order) [-> clamp]."""
   features: int
   kernel_size: int
   upsample: bool = False
@@ -353,27 +359,29 @@ class StyledConv(nn.Module):
   fused: bool = False
   blur_kernel: Sequence[float] = (1, 3, 3, 1)
   dtype: Any = None  # compute dtype (e.g. bfloat16); None = the input's dtype
+  conv_clamp: Optional[float] = None  # NVIDIA: SynthesisLayer clamps after lrelu * sqrt(2)
 
   @nn.compact
   def __call__(self, x, style, noise):
     x = ModulatedConv2d(self.features, self.kernel_size, self.demodulate, self.upsample, self.fused,
                         self.blur_kernel, self.dtype, name="conv")(x, style)
     x = NoiseInjection(name="noise")(x, noise)
-    return FusedLeakyReLU(name="activate")(x)
+    return clamp(FusedLeakyReLU(name="activate")(x), self.conv_clamp)
 
 
 class ToRGB(nn.Module):
-  """1x1 modulated conv (no demodulation) + bias [3]; adds the upsampled skip when given."""
+  """1x1 modulated conv (no demodulation) + bias [3] [-> clamp]; adds the upsampled skip."""
   upsample: bool = True
   fused: bool = False
   blur_kernel: Sequence[float] = (1, 3, 3, 1)
   dtype: Any = None  # compute dtype (e.g. bfloat16); None = the input's dtype
+  conv_clamp: Optional[float] = None  # NVIDIA: ToRGBLayer clamps after the bias, before the sum
 
   @nn.compact
   def __call__(self, x, style, skip=None):
     y = ModulatedConv2d(3, 1, demodulate=False, fused=self.fused, dtype=self.dtype,
                         name="conv")(x, style)
-    y = y + self.param("bias", nn.initializers.zeros, (3,)).astype(y.dtype)
+    y = clamp(y + self.param("bias", nn.initializers.zeros, (3,)).astype(y.dtype), self.conv_clamp)
     if skip is not None:
       y = y + Upsample(self.blur_kernel)(skip).astype(y.dtype)
     return y

@@ -152,7 +152,7 @@ def load_latents(path: str, gen: LoadedGenerator, seed: int):
 def seed_latents(seeds: list[int], gen: LoadedGenerator, truncation: float, seed: int):
   """(names, w [N, D] with truncation psi around w-bar, noise maps) of seeded originals."""
   G = gen.module
-  w_avg = training.w_avg(G, gen.params, seed)
+  w_avg = training.generator_w_avg(gen, seed)
   z = np.stack([np.asarray(jax.random.normal(jax.random.key(s), (G.style_dim,))) for s in seeds])
   w = G.apply({"params": gen.params}, jnp.asarray(z), method=G.mapping)
   w = np.asarray(w_avg + truncation * (w - w_avg), np.float32)

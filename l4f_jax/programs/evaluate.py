@@ -57,6 +57,9 @@ class GeneratedEval:
                             "--th).", ge=0, le=1)
   oracle: str = option("shapes", "Ground truth for generated samples.", choices=("shapes",))
   grid_samples: int = option(16, "Samples shown in the error grid.", ge=1)
+  noise_mode: str = option("random", "Noise maps: 'random' (drawn per sample) or 'const' (the "
+                           "generator's stored maps: NVIDIA's noise_mode='const').",
+                           choices=("random", "const"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,10 +214,11 @@ def evaluate_generated(cfg: GeneratedEval, out_dir: Optional[str] = None) -> dic
 
   gen = weights.load_generator(cfg.generator)
   a_params = weights.load_alpha(cfg.alpha, gen)
-  w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+  w_avg = training.generator_w_avg(gen, cfg.seed)
   out = inference.sample_masks(gen.params, a_params, w_avg, jax.random.key(cfg.seed), cfg.n,
                                cfg.batch, generator=gen.module, alpha_net=AlphaNetwork(gen.size),
-                               truncation=cfg.truncation, threshold=cfg.threshold)
+                               truncation=cfg.truncation, threshold=cfg.threshold,
+                               const_noise=training.generator_noise(gen, cfg.noise_mode))
   gt = oracle_mask(out["image"])
   result = evaluation.mask_metrics(gt, out["hard_mask"])
   alpha = out["alpha"]

@@ -97,7 +97,7 @@ def inverter(gen: LoadedGenerator, alpha_params, cfg: InvertConfig, mesh):
   G, A = gen.module, AlphaNetwork(gen.size)
   loss_fn = image_loss(cfg.loss, gen)
   pcfg = cfg.projector
-  w_avg = training.w_avg(G, gen.params, cfg.seed)
+  w_avg = training.generator_w_avg(gen, cfg.seed)
   _, sigma = jax.jit(lambda p, k: inversion.latent_std(G, p, k, N_MEAN_LATENT))(
       gen.params, training.stream_key(cfg.seed, "w_avg"))
   base = training.stream_key(cfg.seed, "invert")

@@ -60,6 +60,7 @@ class PairsConfig:
                                 "(0.1 < alpha < 0.9); 1 keeps all.", ge=0, le=1)
   batch: int = option(16, "Samples per device per generation step.", ge=1)
   seed: int = option(0, "Seed of the latents and noise (and of w_avg).")
+  noise_mode: str = option("random", training.NOISE_MODE_HELP, choices=training.NOISE_MODES)
   num_devices: int = option(0, "Use only the first N devices (0 = all).", ge=0)
 
 
@@ -101,13 +102,14 @@ def _shared_tmpdir(out: str) -> str:
 def _generate(cfg, gen, alpha_params, mesh, global_batch, rows, parts) -> None:
   """Writes this host's rows of every global batch to `parts` as NumPy chunks."""
   os.makedirs(parts, exist_ok=True)
-  w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+  w_avg = training.generator_w_avg(gen, cfg.seed)
   g_rep = sharding.replicate(gen.params, mesh)
   a_rep = sharding.replicate(alpha_params, mesh)
   w_rep = sharding.replicate(w_avg, mesh)
   base = training.stream_key(cfg.seed, "pairs")
   kw = dict(generator=gen.module, alpha_net=AlphaNetwork(gen.size), truncation=cfg.truncation,
-            threshold=cfg.threshold, background=False)
+            threshold=cfg.threshold, background=False,
+            const_noise=training.generator_noise(gen, cfg.noise_mode))
 
   @jax.jit
   def generate(g_params, a_params, w, index):

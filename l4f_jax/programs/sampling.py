@@ -51,6 +51,7 @@ class SampleConfig:
   use_latent_avg: bool = option(False, "Use the checkpoint's latent_avg instead of the 4096-z "
                                 "mean.")
   grid_cols: int = option(8, "Samples per grid row.", ge=1)
+  noise_mode: str = option("random", training.NOISE_MODE_HELP, choices=training.NOISE_MODES)
 
 
 def _rows(x, ncols: int) -> list:
@@ -91,7 +92,7 @@ def sample(cfg: SampleConfig) -> list[str]:
       raise UserError(f"--use_latent_avg: {cfg.generator} has no latent_avg; drop the flag")
     w_avg = gen.trees["latent_avg"]
   else:
-    w_avg = training.w_avg(gen.module, gen.params, cfg.seed)
+    w_avg = training.generator_w_avg(gen, cfg.seed)
   k_samples = jax.random.split(jax.random.PRNGKey(cfg.seed))[1]
   # Backgrounds: G_bg of the same z (its own noise) without --alpha; with --alpha, G_bg of an
   # independent z' as the official test_sample.py.
@@ -99,7 +100,8 @@ def sample(cfg: SampleConfig) -> list[str]:
                                 generator=gen.module, alpha_net=alpha_net,
                                 truncation=cfg.truncation, threshold=cfg.threshold,
                                 independent_bg=alpha_net is not None,
-                                background_mode=cfg.background_mode)
+                                background_mode=cfg.background_mode,
+                                const_noise=training.generator_noise(gen, cfg.noise_mode))
   bad = [k for k, v in outs.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
          and not np.all(np.isfinite(v))]
   if bad:

@@ -189,6 +189,11 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
   loader = _open_data(cfg, size, global_batch, devices)
   models = step_lib.Models(generator=gen.module, alpha=AlphaNetwork(size),
                            discriminator=gen.discriminator())
+  group = training.stddev_group(cfg.batch, models.discriminator.stddev_group)
+  if cfg.batch % group:  # a stored (NVIDIA) group size other than 4
+    raise UserError(f"--batch={cfg.batch} is not divisible by D's minibatch-stddev group "
+                    f"min(batch, {models.discriminator.stddev_group}) = {group} stored in "
+                    f"--generator={cfg.generator}; pass a multiple of {group}")
   method = dataclasses.replace(cfg.method, stddev_chunks=devices // n_dev,
                                compute_dtype=None if cfg.dtype == "float32" else cfg.dtype)
 
@@ -207,7 +212,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
 
 def _train(cfg, run, gen, models, method, mesh, loader, n_dev, devices, global_batch) -> dict:
   seed = cfg.seed
-  w_avg = training.w_avg(gen.module, gen.params, seed)
+  w_avg = training.generator_w_avg(gen, seed)
   alpha_params = training.init_alpha(models.alpha, gen.module,
                                      training.stream_key(seed, "alpha_init"))
   d_params = (gen.trees["d"] if cfg.use_disc else

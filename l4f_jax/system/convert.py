@@ -1,9 +1,11 @@
-"""PyTorch state_dicts (rosinality StyleGAN2, official Labels4Free) -> Flax parameter trees.
+"""PyTorch checkpoints (rosinality StyleGAN2, official Labels4Free) and NVIDIA network snapshots
+(stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) -> Flax parameter trees.
 
-Every expected key is checked against the shape implied by the inferred config; missing, misshapen
-and unexpected keys raise a `UserError` with one line naming the key. Known buffers (blur and
-upsample kernels) are ignored; the generator's stored noise buffers are returned separately.
-torch is imported lazily, inside `load_torch_checkpoint` only: the JAX side never needs it.
+Files are read by `io.torch_pickle`, a restricted unpickler: no torch, no NVIDIA code, nothing from
+the file executed (torch's own loader is not used). Every expected key is checked against the
+shape implied by the inferred config; missing, misshapen and unexpected keys raise a `UserError`
+with one line naming the key. Known buffers (blur and upsample kernels) are ignored; the
+generator's stored noise buffers are returned separately. NVIDIA snapshots: `system.nvidia`.
 
 Layout changes (rosinality/stylegan2-pytorch, convert_weight.py and model.py): linear [o, i] -> [i, o]; conv [o, i, k, k] -> HWIO; modulated
 conv [1, o, i, k, k] -> [k, k, i, o]; ToRGB bias [1, 3, 1, 1] -> [3]; constant [1, C, 4, 4] ->
@@ -17,69 +19,69 @@ import os
 import re
 from typing import Any, Callable, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from l4f_jax.models.alpha import alpha_levels, merge_names
 from l4f_jax.models.stylegan2 import channel_table, noise_shapes, num_layers
 from l4f_jax import errors
 from l4f_jax.config import option
-from l4f_jax.io import files
-from l4f_jax.system import weights
+from l4f_jax.io import files, torch_pickle
+from l4f_jax.system import nvidia, weights
 from l4f_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class ConvertConfig:
   """The options of experiments.convert (`convert_file(**fields)`)."""
-  src: str = option("", "PyTorch checkpoint (.pt) to convert.", nonempty=True)
+  src: str = option("", "PyTorch checkpoint (.pt) or NVIDIA network snapshot (.pkl) to "
+                     "convert.", nonempty=True)
   dst: str = option("", "Output weight directory (must not exist).", nonempty=True)
-  allow_pickle: bool = option(False, "Load with weights_only=False (trusted files only: it can "
-                              "run code).")
-  lr_mlp: float = option(0.01, "Mapping-network lr multiplier the generator used.", gt=0)
+  allow_pickle: bool = option(False, "No longer needed, accepted for old command lines: the "
+                              "reader never runs code from the file and reads the training "
+                              "'args' as plain attributes.")
+  lr_mlp: float = option(0.01, "Mapping-network lr multiplier the generator used (rosinality "
+                         "files; NVIDIA snapshots store theirs).", gt=0)
   size: Optional[int] = option(None, "Generator size, only for alpha-only files.", ge=4)
   overwrite: bool = option(False, "Replace an existing weight directory at --dst.")
 
 
-ALLOW_PICKLE_HINT = "rerun with --allow_pickle (only for files you trust: it can execute code)"
+# Config fields the Flax models take beyond rosinality's, with the values that reproduce it.
+ROSINALITY_G = dict(conv_clamp=None, truncation_center="mean_latent")
+ROSINALITY_D = dict(d_conv_clamp=None, d_stddev_group=4, d_stddev_feat=1)
 
 
 # ------------------------------------------------------------------------------------------------
 # Loading
 
 
-def load_torch_checkpoint(path: str, allow_pickle: bool = False) -> dict:
-  """torch.load on CPU -> dict. weights_only=True unless `allow_pickle` (trusted files only)."""
-  import pickle  # noqa: PLC0415
-
+def load_checkpoint(path: str) -> Any:
+  """Reads a PyTorch checkpoint or a network pickle with the restricted reader -> its object."""
   _check_src(path)
-  torch = import_torch("reading PyTorch checkpoints")
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-  except pickle.UnpicklingError as e:
+    return torch_pickle.read(path)
+  except torch_pickle.Refused as e:
     msg = str(e)
-    glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
-    if glob and not allow_pickle:
-      raise UserError(f"{path} contains pickled Python objects ({glob.group(1)}, e.g. the "
-                      f"training 'args'); {ALLOW_PICKLE_HINT}") from None
-    raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(msg)})") from None
+    raise UserError(f"{path} {msg}" if msg.startswith(("asks for", "is ")) else
+                    f"{path} cannot be read: {msg}") from None
+  except UserError:
+    raise
   except OSError as e:
     if errors.environment_error(e) is not None:
       raise
     raise UserError(f"{path} is not a PyTorch checkpoint (OSError: {_first_line(str(e), 80)})",
                     detail=str(e)) from None
-  except Exception as e:  # pylint: disable=broad-except  # any failure of the unpickler
-    raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
-                    f"{_first_line(str(e), 80)})", detail=str(e)) from None
-  if not isinstance(obj, dict):
-    raise UserError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict with "
-                    f"'g_ema' / 'g' / 'd' / 'bg_extractor_ema'")
-  return obj
+  except Exception as e:  # pylint: disable=broad-except  # any failure of the decoder
+    raise UserError(f"{path} is not a PyTorch checkpoint or network pickle, or is truncated "
+                    f"({type(e).__name__}: {_first_line(str(e), 80)})", detail=str(e)) from None
 
 
 def _check_src(path: str) -> None:
   if not os.path.exists(path):
     raise UserError(f"--src {path} does not exist")
   if os.path.isdir(path):
-    raise UserError(f"--src {path} is a directory; pass a PyTorch checkpoint file (.pt)")
+    raise UserError(f"--src {path} is a directory; pass a PyTorch checkpoint file (.pt) or a "
+                    "network snapshot (.pkl)")
 
 
 def import_torch(purpose: str):
@@ -486,11 +488,13 @@ def convert_checkpoint(ckpt: dict, lr_mlp: float = 0.01,
       trees["noises"] = noises
   if config:
     config["lr_mlp"] = float(lr_mlp)
+    config.update(ROSINALITY_G)
     if size is not None and size != config["size"]:
       raise UserError(f"--size={size} but the generator is {config['size']} px; drop --size")
   if "d" in ckpt:
     fields, trees["d"] = convert_discriminator(_state_dict(ckpt, "d"),
                                                config.get("size", size), what="d")
+    config.update(ROSINALITY_D)
     for k, v in fields.items():
       if config.get(k, v) != v:
         raise UserError(f"'d' has {k}={v}, but the generator has {k}={config[k]}")
@@ -526,10 +530,39 @@ def _state_dict(ckpt: dict, key: str) -> dict:
   return sd
 
 
+def convert_nvidia(snap: dict, lr_mlp: Optional[float] = None) -> tuple[dict, dict, list[str]]:
+  """An NVIDIA network snapshot -> (config, trees, report lines); the trees are checked against
+  the Flax models the config builds (structure and every shape)."""
+  fields, trees, report, ch = nvidia.convert_snapshot(snap)
+  size = fields["size"]
+  config = dict(fields, **channel_fields(ch, size, "G_ema"))
+  config.setdefault("truncation_center", "mean_latent")
+  if lr_mlp is not None and not math.isclose(lr_mlp, config["lr_mlp"], rel_tol=1e-6):
+    report.append(f"--lr_mlp={lr_mlp:g} not used: the snapshot stores {config['lr_mlp']:g}")
+  models = {"g_ema": weights.generator_from_config(config)}
+  if "d" in trees:
+    models["d"] = weights.discriminator_from_config(config)
+  for name, model in models.items():
+    args = ((jnp.zeros((1, model.style_dim)),) if name == "g_ema" else
+            (jnp.zeros((4, size, size, 3)),))
+    kw = {"noise_key": jax.random.key(0)} if name == "g_ema" else {}
+    want = jax.eval_shape(lambda a, m=model, k=kw: m.init(jax.random.key(0), *a, **k),
+                          args)["params"]
+    bad = jax.tree.structure(want) != jax.tree.structure(trees[name]) or any(
+        tuple(a.shape) != np.shape(b)
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(trees[name])))
+    if bad:
+      raise UserError(f"the snapshot's {name} does not map onto the Flax model (structure or "
+                      "shapes differ); not a StyleGAN2 network this converter knows")
+  return config, trees, report
+
+
 def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float = 0.01,
                  size: Optional[int] = None, overwrite: bool = False,
                  log: Callable[[str], None] = print) -> tuple[dict, dict]:
-  """Converts `src` into the weight directory `dst`; returns (config, trees). Logs via `log`."""
+  """Converts `src` into the weight directory `dst`; returns (config, trees). Logs via `log`.
+  `allow_pickle` is accepted and unused (the restricted reader never runs code)."""
+  del allow_pickle
   dst = os.path.abspath(dst)
   if os.path.lexists(dst) and not overwrite:
     raise UserError(f"--dst {dst} already exists; choose a new --dst or pass "
@@ -537,14 +570,16 @@ def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float =
   _check_src(src)
   files.check_writable_dir(dst, "--dst")
   files.check_disjoint(dst, [("--src", src)], "--dst")
-  ckpt = load_torch_checkpoint(src, allow_pickle=allow_pickle)
-  used = [k for k in GENERATOR_KEYS + ALPHA_KEYS + ("d", "latent_avg") if k in ckpt]
-  bad = nonfinite_tensors(ckpt, used)
-  if bad:
-    more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
-    raise UserError(f"{src} holds non-finite tensors ({', '.join(bad[:2])}{more}); convert a "
-                    "checkpoint from before the run diverged")
-  config, trees, report = convert_checkpoint(ckpt, lr_mlp=lr_mlp, size=size)
+  ckpt = load_checkpoint(src)
+  if isinstance(ckpt, torch_pickle.PersistentObject):  # a pickled network on its own
+    ckpt = {"G_ema" if ckpt.class_name == "Generator" else ckpt.class_name: ckpt}
+  if nvidia.is_snapshot(ckpt):
+    try:
+      config, trees, report = convert_nvidia(ckpt, lr_mlp if lr_mlp != 0.01 else None)
+    except UserError as e:
+      raise UserError(f"{src}: {e}", detail=e.detail) from None
+  else:
+    config, trees, report = _convert_torch(ckpt, src, lr_mlp, size)
   for line in report:
     log(line)
   config["source"] = os.path.basename(src)
@@ -555,3 +590,16 @@ def convert_file(src: str, dst: str, allow_pickle: bool = False, lr_mlp: float =
     if name in trees:
       log(f"  {name}: {weights.summarize_tree(trees[name])}")
   return config, trees
+
+
+def _convert_torch(ckpt: Any, src: str, lr_mlp: float, size: Optional[int]):
+  if not isinstance(ckpt, dict):
+    raise UserError(f"{src} holds a {type(ckpt).__name__}, not a checkpoint dict with "
+                    f"'g_ema' / 'g' / 'd' / 'bg_extractor_ema' or an NVIDIA network snapshot")
+  used = [k for k in GENERATOR_KEYS + ALPHA_KEYS + ("d", "latent_avg") if k in ckpt]
+  bad = nonfinite_tensors(ckpt, used)
+  if bad:
+    more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
+    raise UserError(f"{src} holds non-finite tensors ({', '.join(bad[:2])}{more}); convert a "
+                    "checkpoint from before the run diverged")
+  return convert_checkpoint(ckpt, lr_mlp=lr_mlp, size=size)

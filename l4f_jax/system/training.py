@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from l4f_jax.errors import UserError
 from l4f_jax.method import step as step_lib
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import N_MEAN_LATENT, Discriminator, Generator, mean_latent
@@ -42,6 +43,31 @@ def w_avg(generator: Generator, g_params, seed: int):
   stream of `seed` (Labels4Free's choice; the checkpoint's latent_avg is not used). [1, style_dim]."""
   return jax.jit(lambda p, k: mean_latent(generator, p, k, N_MEAN_LATENT))(
       g_params, stream_key(seed, "w_avg"))
+
+
+def generator_w_avg(gen, seed: int):
+  """The w-bar of a loaded generator (`weights.LoadedGenerator`): the stored 'latent_avg' when its
+  config says truncation uses it (NVIDIA's tracked `w_avg`, stylegan2-ada-pytorch
+  training/networks.py MappingNetwork), else `w_avg` (the mean over N_MEAN_LATENT sampled z, the
+  rosinality / Labels4Free choice). [1, style_dim]."""
+  if gen.config.get("truncation_center") == "w_avg":
+    return jnp.asarray(gen.trees["latent_avg"], jnp.float32).reshape(1, -1)
+  return w_avg(gen.module, gen.params, seed)
+
+
+NOISE_MODES = ("random", "const")
+NOISE_MODE_HELP = ("Noise maps: 'random' (drawn per sample) or 'const' (the generator's stored "
+                   "maps for every sample: NVIDIA's noise_mode='const').")
+
+
+def generator_noise(gen, mode: str, flag: str = "--noise_mode"):
+  """None ('random': drawn per sample) or the stored noise maps ('const'), [1, r, r, 1] each."""
+  if mode == "random":
+    return None
+  if "noises" not in gen.trees:
+    raise UserError(f"{flag}=const: {gen.path} stores no noise maps (converted rosinality and "
+                    f"NVIDIA generators have them); use {flag}=random")
+  return [jnp.asarray(m, jnp.float32) for m in gen.trees["noises"]]
 
 
 def stddev_group(local_batch: int, group: int = 4) -> int:

@@ -283,19 +283,36 @@ def _model_kwargs(config: dict, keys) -> dict:
   return kw
 
 
+# Config fields beyond rosinality's (NVIDIA snapshots, `system.nvidia`); absent = rosinality.
+G_EXTRA_KEYS = ("conv_clamp",)
+D_EXTRA_KEYS = {"d_conv_clamp": "conv_clamp", "d_stddev_feat": "stddev_feat"}
+
+
 def generator_from_config(config: dict, **overrides: Any) -> Generator:
   """Generator for a weight config; `overrides` set other fields (dtype, fused_modconv, ...)."""
   kw = _model_kwargs(config, MODEL_KEYS)
+  kw.update({k: config[k] for k in G_EXTRA_KEYS if config.get(k) is not None})
   kw.update(overrides)
   return Generator(**kw)
 
 
-def discriminator_from_config(config: dict, stddev_group: int = 4,
+def discriminator_from_config(config: dict, stddev_group: Optional[int] = None,
                               **overrides: Any) -> Discriminator:
-  """Discriminator for a weight config (the stddev group is a training choice, not stored)."""
+  """Discriminator for a weight config. The minibatch-stddev group is the caller's (a training
+  choice) or else the stored `d_stddev_group` (NVIDIA's mbstd_group_size), else 4; clamp and
+  stddev channels come from the config when stored."""
   kw = _model_kwargs(config, ("size", "channel_multiplier", "channel_base", "channel_max"))
+  kw.update({f: config[k] for k, f in D_EXTRA_KEYS.items() if config.get(k) is not None})
   kw.update(overrides)
+  if stddev_group is None:
+    stddev_group = int(config.get("d_stddev_group") or 4)
   return Discriminator(stddev_group=stddev_group, **kw)
+
+
+def truncation_center_is_stored(config: dict) -> bool:
+  """True when truncation uses the stored w_avg ('latent_avg': NVIDIA's tracked average) instead
+  of the mean w of N_MEAN_LATENT sampled z (rosinality / Labels4Free)."""
+  return config.get("truncation_center") == "w_avg"
 
 
 def generator_params(trees: dict, path: Optional[str] = None):
@@ -350,7 +367,7 @@ class LoadedGenerator:
   def size(self) -> int:
     return self.module.size
 
-  def discriminator(self, stddev_group: int = 4, **overrides) -> Discriminator:
+  def discriminator(self, stddev_group: Optional[int] = None, **overrides) -> Discriminator:
     return discriminator_from_config(self.config, stddev_group, **overrides)
 
   def alpha_identity(self) -> dict:
