@@ -139,8 +139,8 @@ class Server:
       self.page = f.read()
     self.httpd = _listen(cfg.host, cfg.port)
     try:
-      self.segmenter = segmenter or segmentation.Segmenter.load(cfg.segmenter, cfg.fit,
-                                                                cfg.batch)
+      self.segmenter = segmenter or segmentation.Segmenter(
+          segmentation.load_model(cfg.segmenter, cfg.batch, flag="--segmenter"), cfg.fit)
       model = getattr(self.segmenter, "model", None)
       self.fingerprint = getattr(model, "fingerprint", "")
       self.threshold = (self.segmenter.threshold if cfg.threshold is None else cfg.threshold)
