@@ -730,7 +730,8 @@ CASES = {
         says=("--port=", "is in use", "--port=0 picks a free one"),
         setup=_occupied_port("port.flags")),
     "serve_segmenter_is_a_generator": Case(
-        "serve", ("--segmenter={gen}", "--port=0"), says=("--segmenter=", "not a segmenter export")),
+        "serve", ("--segmenter={gen}", "--port=0"),
+        says=("--segmenter=", "not a segmenter export")),
     "serve_segmenter_missing": Case(
         "serve", ("--segmenter={tmp}/nope", "--port=0"), says=("--segmenter=",)),
     "serve_artifact_of_another_jax": Case(

@@ -319,103 +319,104 @@ def _linger(conn: socket.socket, seconds: float = 2.0, cap: int = 64 << 20) -> N
     pass
 
 
-def _handler_class(server: Server):
-  """The request handler bound to `server` (HTTP/1.1 keep-alive). A refused upload is refused
-  before its body is read (before `100 Continue`, for clients that wait for it); its connection
-  is then closed after a lingering read, so that the kernel does not reset it, and discard the
-  answer, while the client is still sending."""
+class _Handler(BaseHTTPRequestHandler):
+  """The request handler (HTTP/1.1 keep-alive); `_handler_class` binds it to a Server. A refused
+  upload is refused before its body is read (before `100 Continue`, for clients that wait for
+  it); its connection is then closed after a lingering read, so that the kernel does not reset
+  it, and discard the answer, while the client is still sending."""
+  server_app: Server
+  protocol_version = "HTTP/1.1"
+  server_version = "l4f_jax-serve"
+  body_read = False
 
-  class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "l4f_jax-serve"
-    timeout = server.cfg.timeout_s
-    body_read = False
+  def _send(self, status: int, body: bytes, ctype: str, headers: Optional[dict] = None):
+    self.server_app.count(status)
+    if self.command == "POST" and not self.body_read:
+      self.close_connection = True  # the unread body would be taken for the next request
+    self.send_response(status)
+    self.send_header("Content-Type", ctype)
+    self.send_header("Content-Length", str(len(body)))
+    self.send_header("Cache-Control", "no-store")
+    for k, v in (headers or {}).items():
+      self.send_header(k, v)
+    if self.close_connection:
+      self.send_header("Connection", "close")
+    self.end_headers()
+    if self.command != "HEAD":
+      self.wfile.write(body)
 
-    def _send(self, status: int, body: bytes, ctype: str, headers: Optional[dict] = None):
-      server.count(status)
-      if self.command == "POST" and not self.body_read:
-        self.close_connection = True  # the unread body would be taken for the next request
-      self.send_response(status)
-      self.send_header("Content-Type", ctype)
-      self.send_header("Content-Length", str(len(body)))
-      self.send_header("Cache-Control", "no-store")
-      for k, v in (headers or {}).items():
-        self.send_header(k, v)
-      if self.close_connection:
-        self.send_header("Connection", "close")
-      self.end_headers()
-      if self.command != "HEAD":
-        self.wfile.write(body)
+  def _refuse(self, r: _Refusal):
+    extra = {"Retry-After": str(r.retry_after)} if r.retry_after else {}
+    body = json.dumps({"error": one_line(str(r)), "status": r.status}).encode()
+    self._send(r.status, body, "application/json", extra)
 
-    def _refuse(self, r: _Refusal):
-      extra = {"Retry-After": str(r.retry_after)} if r.retry_after else {}
-      body = json.dumps({"error": one_line(str(r)), "status": r.status}).encode()
-      self._send(r.status, body, "application/json", extra)
+  def parse_request(self):
+    self.body_read = False
+    return super().parse_request()
 
-    def parse_request(self):
-      self.body_read = False
-      return super().parse_request()
+  def _route(self, method: str):
+    url = urllib.parse.urlsplit(self.path)
+    try:
+      if url.path in ("/", "/index.html") and method in ("GET", "HEAD"):
+        self._send(200, self.server_app.page, "text/html; charset=utf-8", {
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; img-src 'self' blob: data:; connect-src 'self' blob:"})
+      elif url.path == "/api/info" and method in ("GET", "HEAD"):
+        self._send(200, json.dumps(self.server_app.info()).encode(), "application/json")
+      elif url.path == "/api/segment" and method == "POST":
+        body, extra = self.server_app.segment(self, urllib.parse.parse_qs(url.query))
+        self._send(200, body, "image/png", extra)
+      elif url.path in ("/", "/index.html", "/api/info", "/api/segment"):
+        allow = "POST" if url.path == "/api/segment" else "GET, HEAD"
+        self._refuse(_Refusal(405, f"{method} {url.path}: use {allow}"))
+      else:
+        self._refuse(_Refusal(404, f"{url.path}: no such page; the API is POST /api/segment "
+                              "and GET /api/info"))
+    except _Refusal as r:
+      self._refuse(r)
+    except (ConnectionError, BrokenPipeError):
+      self.close_connection = True  # the client left
+    except Exception as e:  # pylint: disable=broad-except  # a bug: answer 500, keep serving
+      logging.exception("serve: %s %s failed", method, self.path)
+      self._refuse(_Refusal(500, f"internal error ({type(e).__name__}); see the server's log"))
 
-    def _route(self, method: str):
-      url = urllib.parse.urlsplit(self.path)
+  def handle_expect_100(self):
+    if self.command == "POST" and urllib.parse.urlsplit(self.path).path == "/api/segment":
       try:
-        if url.path in ("/", "/index.html") and method in ("GET", "HEAD"):
-          self._send(200, server.page, "text/html; charset=utf-8", {
-              "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-              "style-src 'unsafe-inline'; img-src 'self' blob: data:; connect-src 'self' blob:"})
-        elif url.path == "/api/info" and method in ("GET", "HEAD"):
-          self._send(200, json.dumps(server.info()).encode(), "application/json")
-        elif url.path == "/api/segment" and method == "POST":
-          body, extra = server.segment(self, urllib.parse.parse_qs(url.query))
-          self._send(200, body, "image/png", extra)
-        elif url.path in ("/", "/index.html", "/api/info", "/api/segment"):
-          allow = "POST" if url.path == "/api/segment" else "GET, HEAD"
-          self._refuse(_Refusal(405, f"{method} {url.path}: use {allow}"))
-        else:
-          self._refuse(_Refusal(404, f"{url.path}: no such page; the API is POST /api/segment "
-                                "and GET /api/info"))
+        _checked_length(self.headers, self.server_app.max_upload)
       except _Refusal as r:
         self._refuse(r)
-      except (ConnectionError, BrokenPipeError):
-        self.close_connection = True  # the client left
-      except Exception as e:  # pylint: disable=broad-except  # a bug: answer 500, keep serving
-        logging.exception("serve: %s %s failed", method, self.path)
-        self._refuse(_Refusal(500, f"internal error ({type(e).__name__}); see the server's log"))
+        return False
+    return super().handle_expect_100()
 
-    def handle_expect_100(self):
-      if self.command == "POST" and urllib.parse.urlsplit(self.path).path == "/api/segment":
-        try:
-          _checked_length(self.headers, server.max_upload)
-        except _Refusal as r:
-          self._refuse(r)
-          return False
-      return super().handle_expect_100()
+  def finish(self):
+    super().finish()
+    if self.close_connection and getattr(self, "command", None) == "POST" and \
+        not self.body_read:
+      _linger(self.connection)
 
-    def finish(self):
-      super().finish()
-      if self.close_connection and getattr(self, "command", None) == "POST" and \
-          not self.body_read:
-        _linger(self.connection)
+  def do_GET(self):  # pylint: disable=invalid-name
+    self._route("GET")
 
-    def do_GET(self):  # pylint: disable=invalid-name
-      self._route("GET")
+  def do_HEAD(self):  # pylint: disable=invalid-name
+    self._route("HEAD")
 
-    def do_HEAD(self):  # pylint: disable=invalid-name
-      self._route("HEAD")
+  def do_POST(self):  # pylint: disable=invalid-name
+    self._route("POST")
 
-    def do_POST(self):  # pylint: disable=invalid-name
-      self._route("POST")
+  def do_PUT(self):  # pylint: disable=invalid-name
+    self._route("PUT")
 
-    def do_PUT(self):  # pylint: disable=invalid-name
-      self._route("PUT")
+  def do_DELETE(self):  # pylint: disable=invalid-name
+    self._route("DELETE")
 
-    def do_DELETE(self):  # pylint: disable=invalid-name
-      self._route("DELETE")
+  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    logging.debug("serve: %s " + format, self.address_string(), *args)  # --verbosity=1
 
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-      logging.debug("serve: %s " + format, self.address_string(), *args)  # --verbosity=1
 
-  return Handler
+def _handler_class(server: Server):
+  """`_Handler` bound to `server`, with its socket timeout."""
+  return type("Handler", (_Handler,), {"server_app": server, "timeout": server.cfg.timeout_s})
 
 
 def serve(cfg: ServeConfig, ready=print) -> None:
