@@ -110,6 +110,46 @@ def world(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------
+# The batching queue
+
+
+def test_batch_queue_shares_calls_and_survives_errors():
+  from l4f_jax.system.batching import BatchQueue, QueueFull  # pylint: disable=import-outside-toplevel
+  calls, gate, entered = [], threading.Event(), threading.Event()
+
+  def fn(items):
+    calls.append(list(items))
+    if len(calls) == 1:
+      entered.set()
+      assert gate.wait(30)
+    if "boom" in items:
+      raise ValueError("boom")
+    return [x * 10 for x in items]
+
+  q = BatchQueue(fn, max_batch=4, max_wait_s=0.0, max_queue=6)
+  try:
+    first = q.submit(1)
+    assert entered.wait(30)                     # the worker is inside fn with [1]
+    futures = [q.submit(x) for x in (2, 3, 4, 5, 6)]
+    dropped = q.submit(7)
+    assert dropped.cancel()                     # its caller gave up: never computed
+    with pytest.raises(QueueFull):
+      q.submit(8)                               # six items wait
+    gate.set()
+    assert [f.result(30) for f in [first] + futures] == [10, 20, 30, 40, 50, 60]
+    assert calls == [[1], [2, 3, 4, 5], [6]]    # the waiting items shared one call
+    bad, good = q.submit("boom"), None
+    with pytest.raises(ValueError, match="boom"):
+      bad.result(30)
+    good = q.submit(9)
+    assert good.result(30) == 90                # the worker carries on
+    assert q.stats() == {"batches": 4, "items": 7, "largest_batch": 4, "failed_batches": 1}
+  finally:
+    gate.set()
+    q.close()
+
+
+# ------------------------------------------------------------------------------------------------
 # (a) The API
 
 
@@ -261,7 +301,7 @@ def test_overload_answers_503_and_recovers(world):
       first = pool.submit(_post, server.url, _png(photos[0]))
       _until(held.entered.is_set)                                   # the device call is busy
       second = pool.submit(_post, server.url, _png(photos[1]))
-      _until(lambda: server.queue.waiting() == 1)                   # one picture waits
+      _until(lambda: server.info()["stats"]["waiting"] == 1)        # one picture waits
       status, headers, body = _post(server.url, _png(photos[0]))
       assert status == 503 and "--max_queue" in json.loads(body)["error"]
       assert headers["Retry-After"] == "1"
@@ -269,7 +309,7 @@ def test_overload_answers_503_and_recovers(world):
       with socket.create_connection((host, int(port))) as slow:     # holds the third slot
         slow.sendall(b"POST /api/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                      b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
-        _until(lambda: server.slots._value == 0)  # pylint: disable=protected-access
+        _until(lambda: server.info()["stats"]["uploads_in_progress"] == 3)
         status, _, body = _post(server.url, _png(photos[0]))
         assert status == 503 and "--max_connections" in json.loads(body)["error"]
       held.go.set()

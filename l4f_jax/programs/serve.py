@@ -155,6 +155,7 @@ class Server:
     self.max_upload = int(cfg.max_upload_mb * 2 ** 20)
     self._counts_lock = threading.Lock()
     self.counts: dict = {}
+    self.uploads_in_progress = 0
     self._serving = threading.Event()
     self.httpd.RequestHandlerClass = _handler_class(self)
 
@@ -191,6 +192,10 @@ class Server:
         out[i] = alpha
     return out
 
+  def _uploads(self, delta: int) -> None:
+    with self._counts_lock:
+      self.uploads_in_progress += delta
+
   def count(self, status: int) -> None:
     with self._counts_lock:
       self.counts[str(status)] = self.counts.get(str(status), 0) + 1
@@ -198,14 +203,15 @@ class Server:
   def info(self) -> dict:
     cfg = self.cfg
     with self._counts_lock:
-      answers = dict(self.counts)
+      answers, uploads = dict(self.counts), self.uploads_in_progress
     return {"size": self.segmenter.size, "threshold": self.threshold, "fit": cfg.fit,
             "fits": list(image_io.FITS), "outputs": list(image_io.OUTPUT_KINDS),
             "fingerprint": self.fingerprint,
             "limits": {"max_upload_bytes": self.max_upload, "max_pixels": cfg.max_pixels,
                        "batch_images": self.queue.max_batch, "max_queue": cfg.max_queue,
                        "max_connections": cfg.max_connections, "timeout_s": cfg.timeout_s},
-            "stats": {**self.queue.stats(), "answers": answers}}
+            "stats": {**self.queue.stats(), "waiting": self.queue.waiting(),
+                      "uploads_in_progress": uploads, "answers": answers}}
 
   def segment(self, handler, query: dict) -> tuple[bytes, dict]:
     """The PNG answer of one POST /api/segment and its extra headers; raises _Refusal."""
@@ -214,6 +220,7 @@ class Server:
     if not self.slots.acquire(blocking=False):
       raise _Refusal(503, f"{self.cfg.max_connections} uploads are in progress "
                      "(--max_connections); retry shortly", retry_after=1)
+    self._uploads(+1)
     try:
       deadline = time.monotonic() + self.cfg.timeout_s
       body = _read_body(handler, length, deadline, self.cfg.timeout_s)
@@ -235,6 +242,7 @@ class Server:
       array, mode = image_io.output_picture(kind, rgb, alpha, self.threshold)
       return image_io.png_bytes(array, mode), {"X-Image-Size": f"{rgb.shape[1]}x{rgb.shape[0]}"}
     finally:
+      self._uploads(-1)
       self.slots.release()
 
 
