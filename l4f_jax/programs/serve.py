@@ -139,7 +139,7 @@ class Server:
       self.page = f.read()
     self.httpd = _listen(cfg.host, cfg.port)
     try:
-      self.segmenter = segmenter or segmentation.Segmenter(
+      self.segmenter = segmenter if segmenter is not None else segmentation.Segmenter(
           segmentation.load_model(cfg.segmenter, cfg.batch, flag="--segmenter"), cfg.fit)
       model = getattr(self.segmenter, "model", None)
       self.fingerprint = getattr(model, "fingerprint", "")
