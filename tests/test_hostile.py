@@ -317,6 +317,23 @@ def _nan_rosinality_file(rel: str):
   return setup
 
 
+_HELD = []  # sockets that stay open until the cases ran (a port in use)
+
+
+def _occupied_port(flagfile: str):
+  """A port that a socket of this process listens on, passed to the case as --port in
+  <tmp>/<flagfile>."""
+  def setup(tmp, w):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    _HELD.append(s)
+    with open(os.path.join(tmp, flagfile), "w") as f:
+      f.write(f"--port={s.getsockname()[1]}\n")
+  return setup
+
+
 def _symlink_loop(rel: str):
   """<tmp>/<rel> holding one image and `loop -> .`."""
   def setup(tmp, w):
@@ -721,6 +738,33 @@ CASES = {
         "export_segmenter", ("--segmenter={tmp}/s", "--out={tmp}/s", "--overwrite"),
         says=("is also the input --segmenter",), setup=_copy_weights("seg", "s"),
         keep=("{tmp}/s",)),
+    # -------------------------------------------------------------- serve
+    "serve_port_in_use": Case(
+        "serve", ("--segmenter={seg}", "--flagfile={tmp}/port.flags"),
+        says=("--port=", "is in use", "--port=0 picks a free one"),
+        setup=_occupied_port("port.flags")),
+    "serve_segmenter_is_a_generator": Case(
+        "serve", ("--segmenter={gen}", "--port=0"),
+        says=("--segmenter=", "not a segmenter export")),
+    "serve_segmenter_missing": Case(
+        "serve", ("--segmenter={tmp}/nope", "--port=0"), says=("--segmenter=",)),
+    "serve_artifact_of_another_jax": Case(
+        "serve", ("--segmenter={tmp}/art", "--port=0"),
+        says=("--segmenter=", "exported with jax 0.4.1", "export_segmenter"),
+        setup=_artifact("art", jax_version="0.4.1")),
+    "serve_host_not_of_this_machine": Case(
+        "serve", ("--segmenter={seg}", "--host=203.0.113.7", "--port=0"),
+        says=("--host=203.0.113.7", "cannot listen there")),
+    "serve_port_out_of_range": Case(
+        "serve", ("--segmenter={seg}", "--port=70000"), says=("--port=70000",)),
+    "serve_fit_unknown": Case(
+        "serve", ("--segmenter={seg}", "--fit=zoom"), says=("fit", "zoom")),
+    "serve_max_upload_zero": Case(
+        "serve", ("--segmenter={seg}", "--max_upload_mb=0"), says=("--max_upload_mb=0",)),
+    "serve_unknown_flag": Case(
+        "serve", ("--segmenter={seg}", "--workers=4"), says=("workers",)),
+    "serve_positional_argument": Case(
+        "serve", ("--segmenter={seg}", "start"), says=("unexpected arguments ['start']",)),
     # -------------------------------------------------------------- invert / edit
     "invert_lr_nan": Case(
         "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
@@ -1099,4 +1143,4 @@ def test_enough_cases():
   progs = {c.prog for c in CASES.values()}
   assert progs == {"train", "pretrain_gan", "convert", "prepare_data", "sample", "evaluate",
                    "benchmark", "make_pairs", "train_student", "segment", "pipeline", "invert",
-                   "edit", "export_segmenter"}, progs
+                   "edit", "export_segmenter", "serve"}, progs

@@ -2,6 +2,7 @@
 held-out real test split of l4f_shapes, the error-overlay colours and stem-paired evaluation."""
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -164,6 +165,22 @@ def test_read_rgb_unreadable(tmp_path):
     assert isinstance(e.value, UserError)
     msg = str(e.value)
     assert "\n" not in msg and name in msg and "unreadable image" in msg
+
+
+def test_read_rgb_of_an_upload_and_the_pixel_limit(tmp_path):
+  """A file object (an HTTP upload) reads as its file does; errors name 'the upload'; an image
+  over max_pixels raises TooManyPixels (an UnreadableImage) before it is decoded."""
+  rgb = np.random.default_rng(5).integers(0, 256, (9, 14, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(tmp_path / "a.png")
+  data = (tmp_path / "a.png").read_bytes()
+  np.testing.assert_array_equal(image_io.read_rgb(io.BytesIO(data)), rgb)
+  with pytest.raises(image_io.UnreadableImage, match="^the upload: unreadable image"):
+    image_io.read_rgb(io.BytesIO(b"not a picture"))
+  with pytest.raises(image_io.TooManyPixels, match="^the upload: 14x9 is 0 MP, over the limit"):
+    image_io.read_rgb(io.BytesIO(data), max_pixels=125)
+  with pytest.raises(image_io.TooManyPixels, match="a.png: 14x9"):
+    image_io.read_rgb(str(tmp_path / "a.png"), max_pixels=125)
+  assert image_io.read_rgb(io.BytesIO(data), max_pixels=126).shape == (9, 14, 3)
 
 
 # ----------------------------------------------------------------------------- model in / out

@@ -23,6 +23,9 @@ def test_pip_install_then_import_outside_the_repository(tmp_path):
                       "--no-build-isolation", "--target", str(target), str(src)],
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
+  page = target / "l4f_jax" / "programs" / "serve_page.html"  # experiments.serve's page
+  assert page.read_bytes() == open(os.path.join(ROOT, "l4f_jax", "programs", "serve_page.html"),
+                                   "rb").read()
   seg = make_segmenter_dir(str(tmp_path / "seg"), size=16)
   photo = np.random.default_rng(0).integers(0, 256, (13, 29, 3), np.uint8)
   np.save(tmp_path / "photo.npy", photo)

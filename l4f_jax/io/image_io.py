@@ -40,6 +40,7 @@ input order.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -63,6 +64,10 @@ PIXEL_BUDGET = 200_000_000  # input pixels `read_batches` holds at once
 
 class UnreadableImage(UserError):
   """A file that cannot be decoded as an image; the message is one line: path and reason."""
+
+
+class TooManyPixels(UnreadableImage):
+  """An image over the pixel limit, refused before it is decoded."""
 
 
 # ----------------------------------------------------------------------------- listing
@@ -180,8 +185,13 @@ def _reason(e: BaseException) -> str:
   return f"cannot decode ({type(e).__name__}: {text})"
 
 
+def _shown(path) -> str:
+  """A path as given, or 'the upload' for a file object (`read_rgb` of an HTTP upload)."""
+  return os.fspath(path) if isinstance(path, (str, bytes, os.PathLike)) else "the upload"
+
+
 def _unreadable(path, reason: str) -> UnreadableImage:
-  return UnreadableImage(one_line(f"{os.fspath(path)}: unreadable image, {reason}; replace or "
+  return UnreadableImage(one_line(f"{_shown(path)}: unreadable image, {reason}; replace or "
                                   "remove the file"))
 
 
@@ -247,11 +257,13 @@ def _open(path):
 
 
 def read_rgb(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """Decodes one image file to uint8 RGB [H, W, 3] (rules in the module docstring).
+  """Decodes one image file (a path, or a binary file object such as an upload's `io.BytesIO`)
+  to uint8 RGB [H, W, 3] (rules in the module docstring).
 
   Raises:
     UnreadableImage (one line: the path and why) for missing, corrupt, truncated or non-image
-    files, and for images of more than `max_pixels` pixels (checked before decoding).
+    files, and TooManyPixels (a subclass) for images of more than `max_pixels` pixels (checked
+    before decoding).
   """
   try:
     with warnings.catch_warnings():
@@ -259,8 +271,8 @@ def read_rgb(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
       with _open(path) as img:
         w, h = img.size
         if w * h > max_pixels:
-          raise UnreadableImage(one_line(
-              f"{os.fspath(path)}: {w}x{h} is {w * h / 1e6:.0f} MP, over the limit of "
+          raise TooManyPixels(one_line(
+              f"{_shown(path)}: {w}x{h} is {w * h / 1e6:.0f} MP, over the limit of "
               f"{max_pixels / 1e6:.0f} MP; pass --max_pixels={w * h} to read it"))
         img.load()
         try:
@@ -447,12 +459,24 @@ def alpha_to_original(alpha, hw: tuple[int, int]) -> np.ndarray:
   return _resize_alpha(_alpha_2d(alpha), w, h)
 
 
-def _save_png(path: str, array: np.ndarray, mode: str) -> None:
-  """Atomic PNG of a uint8 [H, W] (L), [H, W, 3] (RGB) or [H, W, 4] (RGBA) array."""
+def _png_image(array: np.ndarray, mode: str) -> Image.Image:
   img = Image.fromarray(np.ascontiguousarray(array, np.uint8))
   if img.mode != mode:
-    raise ValueError(f"_save_png: array {array.shape} gives mode {img.mode}, expected {mode}")
+    raise ValueError(f"PNG of array {array.shape} gives mode {img.mode}, expected {mode}")
+  return img
+
+
+def _save_png(path: str, array: np.ndarray, mode: str) -> None:
+  """Atomic PNG of a uint8 [H, W] (L), [H, W, 3] (RGB) or [H, W, 4] (RGBA) array."""
+  img = _png_image(array, mode)
   atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def png_bytes(array: np.ndarray, mode: str) -> bytes:
+  """The PNG file of a uint8 array, as `_save_png` writes it (e.g. an HTTP answer)."""
+  buf = io.BytesIO()
+  _png_image(array, mode).save(buf, format="PNG")
+  return buf.getvalue()
 
 
 OUTPUT_KINDS = ("mask", "alpha", "cutout")
@@ -465,6 +489,26 @@ def composite(rgb_uint8, alpha_hw, bgcolor) -> np.ndarray:
   bg = np.asarray(bgcolor, np.float32).reshape(1, 1, 3)
   out = a * np.asarray(rgb_uint8, np.float32) + (1.0 - a) * bg
   return np.floor(out + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def output_picture(kind: str, rgb_uint8, alpha_hw, threshold: float = masks.HARD_MASK_THRESHOLD,
+                   bgcolor=None) -> tuple[np.ndarray, str]:
+  """(uint8 array, PNG mode) of one output kind of one input (`write_segmentation` lists them)."""
+  rgb = _check_rgb(rgb_uint8)
+  alpha = np.clip(_alpha_2d(alpha_hw), 0.0, 1.0)
+  if alpha.shape != rgb.shape[:2]:
+    raise ValueError(f"output_picture: alpha {alpha.shape} does not match image "
+                     f"{rgb.shape[:2]}; map it back with unfit_alpha first")
+  if kind == "mask":
+    return np.where(masks.hard_mask(alpha, threshold), 255, 0).astype(np.uint8), "L"
+  soft = np.floor(alpha * 255.0 + 0.5).astype(np.uint8)
+  if kind == "alpha":
+    return soft, "L"
+  if kind != "cutout":
+    raise ValueError(f"output_picture: unknown kind {kind!r}, expected one of {OUTPUT_KINDS}")
+  if bgcolor is None:
+    return np.concatenate([rgb, soft[..., None]], axis=-1), "RGBA"
+  return composite(rgb, alpha, bgcolor), "RGB"
 
 
 def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw,
@@ -489,27 +533,13 @@ def write_segmentation(out_dir, stem: str, rgb_uint8, alpha_hw,
   Returns:
     {kind: path} of the files written.
   """
-  rgb = _check_rgb(rgb_uint8)
-  alpha = np.clip(_alpha_2d(alpha_hw), 0.0, 1.0)
-  if alpha.shape != rgb.shape[:2]:
-    raise ValueError(f"write_segmentation: alpha {alpha.shape} does not match image "
-                     f"{rgb.shape[:2]}; map it back with unfit_alpha first")
   stem = str(stem)
   if not stem or stem in (".", "..") or "/" in stem or os.sep in stem:
     raise ValueError(f"write_segmentation: bad stem {stem!r} (a file name without folders)")
-  soft = np.floor(alpha * 255.0 + 0.5).astype(np.uint8)
   paths = {}
   for kind in outputs:
     paths[kind] = os.path.join(os.fspath(out_dir), OUTPUT_DIRS[kind], f"{stem}.png")
-    if kind == "mask":
-      _save_png(paths[kind], np.where(masks.hard_mask(alpha, threshold), 255, 0).astype(np.uint8),
-                "L")
-    elif kind == "alpha":
-      _save_png(paths[kind], soft, "L")
-    elif bgcolor is None:
-      _save_png(paths[kind], np.concatenate([rgb, soft[..., None]], axis=-1), "RGBA")
-    else:
-      _save_png(paths[kind], composite(rgb, alpha, bgcolor), "RGB")
+    _save_png(paths[kind], *output_picture(kind, rgb_uint8, alpha_hw, threshold, bgcolor))
   return paths
 
 
