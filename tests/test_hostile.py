@@ -692,6 +692,10 @@ CASES = {
                     "--num_processes=2"), says=("--coordinator_address, --num_processes and "
                                                 "--process_id go together",),
         setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "prepare_data_validation_with_the_test_seed": Case(
+        "prepare_data", ("--src=shapes_val", "--seed=0", "--num_examples=2",
+                         "--data_dir={tmp}/d"),
+        says=("--seed=0", "the real test split's seed"), absent=("{tmp}/d/l4f_shapes_val",)),
     "prepare_data_windows_data_dir_is_a_file": Case(
         "prepare_data", ("--src=shapes_windows", "--num_examples=2", "--data_dir={tmp}/d"),
         says=("--data_dir=", "is a file"), setup=_file("d"), keep=("{tmp}/d",)),
