@@ -29,7 +29,10 @@ def main(argv):
   by = ", ".join(f"{k} {v:.2f}" for k, v in p["preserved_by_completion"].items())
   print(f"edited {s['edited']} image(s) of {s['original']}; leakage check (alpha <= 0.9 in both) "
         f"naive {p['naive']:.2f} dB, preserved {p['preserved']:.2f} dB ({by})")
-  for region, v in s.get("true_background_psnr", {}).items():
+  truth = dict(s.get("true_background_psnr", {}))
+  if truth:
+    print(f"the photo itself vs its true background: {truth.pop('photo_itself')['photo']:.2f} dB")
+  for region, v in truth.items():
     print(f"vs the true background, {region} ({v['pixels']} px): naive {v['naive']:.2f} dB, "
           f"preserved inpaint {v['inpaint']:.2f} dB, g_bg {v['g_bg']:.2f} dB")
 

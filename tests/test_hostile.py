@@ -754,6 +754,14 @@ CASES = {
         says=("--images=", "holds no photo named like the latent(s) 0_rgb"),
         setup=_both(_inversion("inv", "imgs/0_rgb.png"), _images("imgs", ("rgb",)),
                     _file("others/x.png", b"")), absent=("{tmp}/out",)),
+    "edit_score_margin_negative": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
+                 "--out={tmp}/out", "--score_margin=-1"),
+        says=("--score_margin=-1 must be >= 0",), absent=("{tmp}/out",)),
+    "edit_segmenter_is_a_generator": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
+                 "--out={tmp}/out", "--segmenter={gen}"),
+        says=("--segmenter=", "not a segmenter export"), absent=("{tmp}/out",)),
     "edit_photo_of_another_size_than_its_inversion": Case(
         "edit", ("--generator={other}", "--alpha={alpha_other}", "--latents={tmp}/inv",
                  "--out={tmp}/out"),

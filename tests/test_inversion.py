@@ -232,7 +232,7 @@ def test_invert_then_edit_write_their_outputs(world):
   # The original of an inversion's edit is the photo, at its own size (b: 13 x 20).
   e_out = str(world["base"] / "edit")
   e = edit(resolve(EditConfig, generator=world["gen_dir"], alpha=world["alpha"], latents=out,
-                   direction=1, strength=2.0, out=e_out, batch=2))
+                   direction=1, strength=2.0, out=e_out, batch=2, dilate=0))
   assert e["original"] == "photo" and "true_background_psnr" not in e
   p = e["leakage_psnr"]
   assert set(p) == {"naive", "preserved", "preserved_by_completion"}
@@ -282,6 +282,32 @@ def test_invert_then_edit_write_their_outputs(world):
   assert s2["edited"] == 2 and s2["original"] == "G(w)"
 
 
+def test_a_student_mask_of_the_photo_joins_the_completed_region():
+  """B is completed where A's mask of the inversion or the student's mask of the photo is above
+  --fill_threshold (dilated); elsewhere B is the photo itself."""
+  from l4f_jax.programs.edit import compose
+  n = 12
+  ramp = np.linspace(-0.8, 0.8, n, dtype=np.float32)
+  photo = np.repeat(np.stack([np.tile(ramp, (n, 1))] * 3, -1)[None], 1, 0)[0]
+  block = np.zeros((n, n), bool)
+  block[4:8, 4:8] = True
+  photo[block] = [1.0, -1.0, -1.0]                       # the photo's object, missed by A
+  zeros = np.zeros((1, n, n, 1), np.float32)
+  r = {"alpha": zeros, "alpha_edit": zeros, "edited": np.zeros((1, n, n, 3), np.float32),
+       "g_bg": np.zeros((1, n, n, 3), np.float32)}
+  cfg = resolve(EditConfig, out="unused", dilate=1)
+  alone = compose(r, 0, photo, cfg)
+  np.testing.assert_array_equal(alone["background_inpaint"], photo)   # nothing to complete
+  joined = compose(r, 0, photo, cfg, photo_alpha=block.astype(np.float32))
+  grown = np.zeros_like(block)
+  grown[3:9, 3:9] = True
+  b = joined["background_inpaint"]
+  np.testing.assert_array_equal(b[~grown], photo[~grown])
+  np.testing.assert_allclose(b[block], np.tile(ramp, (n, 1))[block][:, None].repeat(3, 1),
+                             atol=0.02)                  # the ramp, not the object
+  np.testing.assert_array_equal(joined["background_g_bg"][grown], 0.0)
+
+
 def test_score_truth_regions():
   """Region (i) is where the colour oracle sees no object in the naive edit, (ii) its part inside
   the photo's exact mask; squared errors on the [0, 1] scale, 3 channels."""
@@ -294,11 +320,17 @@ def test_score_truth_regions():
   truth = np.zeros((h, w, 3), np.float32)
   item = {"edited": edited, "preserved_inpaint": np.zeros((h, w, 3), np.float32),
           "preserved_g_bg": truth + 0.2}
-  sc = score_truth(item, exact, truth)
+  item["original"] = np.where(exact[..., None], np.float32([1.0, -1.0, -1.0]), truth)
+  sc = score_truth(item, exact, truth, margin=0)
   assert sc["edit_background"]["count"] == 3 * (h * w - 1) and sc["vacated"]["count"] == 3 * 2
   assert sc["edit_background"]["inpaint"] == 0
   np.testing.assert_allclose(sc["edit_background"]["naive"], 3 * (h * w - 1) * 0.25 ** 2)
   np.testing.assert_allclose(sc["vacated"]["g_bg"], 3 * 2 * 0.1 ** 2, rtol=1e-5)
+  assert sc["photo_itself"] == {"photo": 0.0, "count": 3 * (h * w - 3)}
+  # A 1 px margin leaves out the object's rim: (0, 0)'s 3 x 3 neighbourhood.
+  sc = score_truth(item, exact, truth, margin=1)
+  assert sc["edit_background"]["count"] == 3 * (h * w - 4) and sc["vacated"]["count"] == 3 * 1
+  assert sc["photo_itself"]["count"] == 3 * (h * w - 8)
 
 
 def test_bad_inputs_are_one_line_errors(world):

@@ -41,9 +41,13 @@ Outputs (<name> = the latent's stem or seed<k>), each at the original's size:
   "true_background_psnr" (when --images is a split of the built-in world with backgrounds/, e.g.
   the real test or validation split): the naive and preserved edits (per completion) against the
   photo's true background (backgrounds/<stem>.png, the scene without its object) in
+    photo_itself:    the photo against its true background by the same rule (its own object's
+                     background): the figure a perfect edit would reach;
     edit_background: the background of the edited object as G(w') draws it (the world's colour
-                     oracle, `datasets.shapes.oracle_mask`, on the naive edit): a ghost of the old
-                     object, or a wrong completion, counts against the edit;
+                     oracle, `datasets.shapes.oracle_mask`, on the naive edit, dilated by
+                     --score_margin pixels, 1 by default: the object's anti-aliased rim, where
+                     even the photo differs from its true background, is left out): a ghost of
+                     the old object, or a wrong completion, counts against the edit;
     vacated:         the pixels of edit_background inside the photo's exact mask (masks/<stem>),
                      where only the completion can be right;
   with the pixel counts; "per_image" holds every image's dB, "mask_change" the fraction of
@@ -74,7 +78,7 @@ from l4f_jax.method import editing, inversion, masks
 from l4f_jax.models.alpha import AlphaNetwork, select_features
 from l4f_jax.models.stylegan2 import make_noise, noise_shapes, num_latents
 from l4f_jax.io import files, image_io, images
-from l4f_jax.system import metrics_log, training
+from l4f_jax.system import metrics_log, segmentation, training
 from l4f_jax.errors import UserError
 from l4f_jax.system.weights import LoadedGenerator, load_alpha, load_generator
 
@@ -106,10 +110,18 @@ class EditConfig:
                            "preserved/ (both are measured).", choices=COMPLETIONS)
   fill_threshold: float = option(0.5, "Alpha above which the original's object region is "
                                  "completed (see --dilate).", ge=0, lt=1)
-  dilate: int = option(0, "Pixels by which the completed region (alpha > --fill_threshold) is "
-                       "dilated.", ge=0)
+  dilate: int = option(2, "Pixels by which the completed region (alpha > --fill_threshold) is "
+                       "dilated (2: chosen on the built-in world's validation split with "
+                       "--segmenter, docs/real_images.md).", ge=0)
+  segmenter: str = option("", "A student segmenter (experiments.train_student, the pipeline's "
+                          "<workdir>/segmenter, or its export): B is also completed where its "
+                          "mask of the original is above --fill_threshold, which covers what "
+                          "the inversion did not reconstruct.")
   threshold: float = option(masks.HARD_MASK_THRESHOLD, "Hard mask = alpha > threshold (official "
                             "rule).", ge=0, lt=1)
+  score_margin: int = option(1, "With --images=<split>: pixels around the edited object left out "
+                             "of its scored background (the object's anti-aliased rim, where the "
+                             "photo itself differs from its true background).", ge=0)
   out: str = option("", "Output directory.", nonempty=True)
   overwrite: bool = option(False, "Replace an existing non-empty --out.")
   batch: int = option(16, "Originals per program.", ge=1)
@@ -225,15 +237,19 @@ def edit_arrays(gen: LoadedGenerator, alpha_params, latents, noise, direction, c
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def compose(r: dict, k: int, original: np.ndarray, cfg: EditConfig) -> dict:
+def compose(r: dict, k: int, original: np.ndarray, cfg: EditConfig,
+            photo_alpha: Optional[np.ndarray] = None) -> dict:
   """The edit of original k at the original's own size ([h, w, 3] in [-1, 1]: a photo, or G(w)):
   A's alpha of the inversion and of G(w'), G(w') resized, the completed backgrounds B and the
-  preserved edits per completion, and the leakage squared errors (module docstring)."""
+  preserved edits per completion, and the leakage squared errors (module docstring). With
+  `photo_alpha` [h, w] (a student's soft mask of the photo) B completes where either mask is
+  above --fill_threshold."""
   hw = original.shape[:2]
   alpha = image_io.alpha_to_original(r["alpha"][k], hw)
   alpha_edit = image_io.alpha_to_original(r["alpha_edit"][k], hw)
   edited = image_io.resize_image(r["edited"][k], hw)
-  fill = np.asarray(editing.fill_region(alpha[None], cfg.fill_threshold, cfg.dilate))
+  fill_alpha = alpha if photo_alpha is None else np.maximum(alpha, photo_alpha)
+  fill = np.asarray(editing.fill_region(fill_alpha[None], cfg.fill_threshold, cfg.dilate))
   fills = {"g_bg": image_io.resize_image(r["g_bg"][k], hw)[None],
            "inpaint": editing.inpaint(original[None], fill)}
   keep = editing.background_pixels(alpha[None], alpha_edit[None], cfg.threshold)
@@ -248,12 +264,14 @@ def compose(r: dict, k: int, original: np.ndarray, cfg: EditConfig) -> dict:
   return out
 
 
-def score_truth(item: dict, exact: np.ndarray, background: np.ndarray) -> dict:
+def score_truth(item: dict, exact: np.ndarray, background: np.ndarray, margin: int = 1) -> dict:
   """Squared errors of the naive and preserved edits against the true background ([h, w, 3] in
   [-1, 1]) in region (i) `edit_background`: the background of the edited object as G(w') draws it
-  (the built-in world's colour oracle on the naive edit), and (ii) `vacated`: the pixels of (i)
-  inside the photo's exact object mask `exact` [h, w]."""
-  region = ~shapes.oracle_mask(item["edited"])
+  (the built-in world's colour oracle on the naive edit, dilated by `margin` pixels: its
+  anti-aliased rim is left out), and (ii) `vacated`: the pixels of (i) inside the photo's exact
+  object mask `exact` [h, w]."""
+  obj = editing.dilate(shapes.oracle_mask(item["edited"])[None], margin)[0]
+  region = ~np.asarray(obj)
   regions = {"edit_background": region, "vacated": region & exact}
   out = {}
   for rname, mask in regions.items():
@@ -261,6 +279,10 @@ def score_truth(item: dict, exact: np.ndarray, background: np.ndarray) -> dict:
     out[rname] = {n: float(editing.masked_sse(p[None], background[None], mask[None])[0][0])
                   for n, p in pics.items()}
     out[rname]["count"] = 3.0 * float(mask.sum())
+  # The ceiling: the photo itself over its own object's background, by the same rule.
+  own = ~np.asarray(editing.dilate(shapes.oracle_mask(item["original"])[None], margin)[0])
+  sse, count = editing.masked_sse(item["original"][None], background[None], own[None])
+  out["photo_itself"] = {"photo": float(sse[0]), "count": float(count[0])}
   return out
 
 
@@ -376,6 +398,7 @@ def _summary(items: list, names: list, r: dict, scores: Optional[list], cfg: Edi
         region: {**_pooled(scores, region, pics),
                  "pixels": int(sum(sc[region]["count"] for sc in scores) // 3)}
         for region in ("edit_background", "vacated")}
+    summary["true_background_psnr"]["photo_itself"] = _pooled(scores, "photo_itself", ("photo",))
     for n, sc in zip(names, scores):
       per_image[n].update({region: {c: editing.psnr_from_sse(sc[region][c], sc[region]["count"])
                                     for c in pics} for region in ("edit_background", "vacated")})
@@ -425,12 +448,14 @@ def edit(cfg: EditConfig) -> dict:
                     "pip install -r requirements.txt")
   out_dir = files.check_output_dir(cfg.out, cfg.overwrite, program="edit", summary=SUMMARY,
                                    owned=OUTPUTS, inputs=[("--latents", cfg.latents),
-                                                          ("--images", cfg.images)])
+                                                          ("--images", cfg.images),
+                                                          ("--segmenter", cfg.segmenter)])
   gen = load_generator(cfg.generator)
   alpha_params = load_alpha(cfg.alpha, gen)
   if cfg.direction >= gen.module.style_dim:
     raise UserError(f"--direction={cfg.direction} must be < {gen.module.style_dim} (the "
                     "generator's style_dim: there is one SeFa direction per dimension)")
+  model = segmentation.load_model(cfg.segmenter) if cfg.segmenter else None
   photos, truth = None, None
   if seeds is not None:
     names, latents, noise = seed_latents(seeds, gen, cfg.truncation, cfg.seed)
@@ -444,9 +469,13 @@ def edit(cfg: EditConfig) -> dict:
     raise UserError(f"--generator={cfg.generator}: the edit is not finite ({', '.join(bad)}); "
                     "lower --strength, nothing was written")
   originals = photos if photos is not None else list(r["image"])
-  items = [compose(r, k, o, cfg) for k, o in enumerate(originals)]
+  photo_alphas = [None] * len(originals)
+  if model is not None:
+    photo_alphas = segmentation.alphas(model, [images.to_uint8(o) for o in originals], "pad")
+  items = [compose(r, k, o, cfg, a) for k, (o, a) in enumerate(zip(originals, photo_alphas))]
   scores = None if truth is None else [
-      score_truth(it, e, b) for it, e, b in zip(items, truth["exact"], truth["background"])]
+      score_truth(it, e, b, cfg.score_margin)
+      for it, e, b in zip(items, truth["exact"], truth["background"])]
   summary = _summary(items, names, r, scores, cfg)
   summary.update(original="photo" if photos is not None else "G(w)",
                  eigenvalue=float(eigenvalues[cfg.direction]),
