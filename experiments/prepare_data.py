@@ -3,6 +3,7 @@
   python -m experiments.prepare_data --src=<folder> --name=ffhq --size=256
   python -m experiments.prepare_data --src=shapes --size=64 [--num_examples=4096 --seed=0]
   python -m experiments.prepare_data --src=shapes_windows --num_examples=512   # images/, masks/
+  python -m experiments.prepare_data --src=shapes_val --num_examples=512   # images/, masks/, backgrounds/
   python -m experiments.prepare_data --synthetic --size=64
 
 Folder images are resized (shorter side, LANCZOS) and centre-cropped as rosinality's
@@ -27,7 +28,7 @@ def main(argv):
   cfg = from_flags(PrepareConfig)
   path, line = prepare(cfg)
   print(line)
-  if cfg.src == "shapes_windows":
+  if cfg.src in ("shapes_windows", "shapes_val"):
     print(f"Score with --images={path}/images --gt_masks={path}/masks")
   else:
     print(f"Train with --dataset={path}")

@@ -243,6 +243,20 @@ def _images(rel: str, kinds: tuple):
   return setup
 
 
+def _inversion(rel: str, photo: str, recorded_size=(20, 24)):
+  """What experiments.invert leaves at <tmp>/<rel> for one photo 0_rgb: a w latent of the world's
+  64 px generator (style_dim 128) and metrics.json recording the photo <tmp>/<photo> and its
+  size [h, w]."""
+  def setup(tmp, w):
+    d = os.path.join(tmp, rel)
+    os.makedirs(os.path.join(d, "latents"))
+    np.save(os.path.join(d, "latents", "0_rgb.npy"), np.zeros(128, np.float32))
+    with open(os.path.join(d, "metrics.json"), "w") as f:
+      json.dump({"sources": {"0_rgb": {"file": os.path.join(tmp, photo),
+                                       "size": list(recorded_size)}}}, f)
+  return setup
+
+
 def _prepared(rel_src: str, data_dir: str, name: str, kinds=("rgb", "rgb")):
   """An image folder <tmp>/<rel_src> already prepared as --name at 8 px under <tmp>/<data_dir>."""
   def setup(tmp, w):
@@ -723,6 +737,10 @@ CASES = {
                     "--num_processes=2"), says=("--coordinator_address, --num_processes and "
                                                 "--process_id go together",),
         setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "prepare_data_validation_with_the_test_seed": Case(
+        "prepare_data", ("--src=shapes_val", "--seed=0", "--num_examples=2",
+                         "--data_dir={tmp}/d"),
+        says=("--seed=0", "the real test split's seed"), absent=("{tmp}/d/l4f_shapes_val",)),
     "prepare_data_windows_data_dir_is_a_file": Case(
         "prepare_data", ("--src=shapes_windows", "--num_examples=2", "--data_dir={tmp}/d"),
         says=("--data_dir=", "is a file"), setup=_file("d"), keep=("{tmp}/d",)),
@@ -788,6 +806,26 @@ CASES = {
         "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
                  "--out={tmp}/out", "--strength=nan"),
         says=("--strength=nan must be a finite number",), absent=("{tmp}/out",)),
+    "edit_images_do_not_match_the_latents": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--latents={tmp}/inv",
+                 "--images={tmp}/others", "--out={tmp}/out"),
+        says=("--images=", "holds no photo named like the latent(s) 0_rgb"),
+        setup=_both(_inversion("inv", "imgs/0_rgb.png"), _images("imgs", ("rgb",)),
+                    _file("others/x.png", b"")), absent=("{tmp}/out",)),
+    "edit_score_margin_negative": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
+                 "--out={tmp}/out", "--score_margin=-1"),
+        says=("--score_margin=-1 must be >= 0",), absent=("{tmp}/out",)),
+    "edit_segmenter_is_a_generator": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--seeds=0",
+                 "--out={tmp}/out", "--segmenter={gen}"),
+        says=("--segmenter=", "not a segmenter export"), absent=("{tmp}/out",)),
+    "edit_photo_of_another_size_than_its_inversion": Case(
+        "edit", ("--generator={other}", "--alpha={alpha_other}", "--latents={tmp}/inv",
+                 "--out={tmp}/out"),
+        says=("0_rgb.png is 24x20 px but the inversion of 0_rgb recorded 32x32",),
+        setup=_both(_inversion("inv", "imgs/0_rgb.png", (32, 32)), _images("imgs", ("rgb",))),
+        absent=("{tmp}/out",), keep=("{tmp}/inv", "{tmp}/imgs")),
     # -------------------------------------------------------------- outputs never touch inputs
     "segment_out_is_the_images_folder": Case(
         "segment", ("--segmenter={seg}", "--images={tmp}/imgs", "--out={tmp}/imgs", "--overwrite"),

@@ -334,6 +334,62 @@ def test_heldout_stream_is_disjoint_from_train():
     assert image.tobytes() not in train_imgs
 
 
+def test_validation_stream_is_disjoint_from_train_and_test():
+  """At the indices the runs use (train seed 0: the GAN's 8192 and A's 2048 examples; the test
+  split's 512 images at seed 0; the validation split's 512 at seed 1; the windows' first 4096
+  frames) no two examples share a SeedSequence pool, hence a generator; the first validation and
+  test pictures differ; the test split's seed is refused for a validation split."""
+  pool = lambda entropy: tuple(np.random.SeedSequence(entropy).pool)
+  train = {pool([0, i]) for i in range(8192)}
+  test = {pool(shapes.heldout_entropy(i, shapes.REAL_TEST_SEED)) for i in range(512)}
+  val = {pool(shapes.heldout_entropy(i, shapes.VALIDATION_SEED)) for i in range(512)}
+  windows = {pool(shapes.heldout_entropy(i, 0, shapes.WINDOW_STREAM_TAG)) for i in range(4096)}
+  assert (len(train), len(test), len(val), len(windows)) == (8192, 512, 512, 4096)
+  assert len(train | test | val | windows) == 8192 + 512 + 512 + 4096
+  test_imgs = {shapes.render_heldout_example(i, 64)[0].tobytes() for i in range(32)}
+  assert not test_imgs & {shapes.render_heldout_example(i, 64, seed=shapes.VALIDATION_SEED)[0]
+                          .tobytes() for i in range(32)}
+  with pytest.raises(UserError, match="real test split's seed") as e:
+    shapes.export_real_test_split("/nonexistent/val", size=32, n=2, seed=shapes.REAL_TEST_SEED,
+                                  validation=True)
+  assert "\n" not in str(e.value)
+
+
+def test_split_backgrounds(tmp_path):
+  """backgrounds/<i>.png: the picture without its object. It holds no foreground by the colour
+  rule, equals the clean image away from the object, and through the image's photo effect; a
+  split written before backgrounds existed gets them added, its images untouched."""
+  a = shapes.ensure_real_val_split(tmp_path / "val", 32, 8)
+  manifest = json.load(open(os.path.join(a, "split.json")))
+  assert manifest["params"] == {"size": 32, "n": 8, "seed": 1, "photo_effects": True,
+                                "validation": True}
+  for i, effect in enumerate(manifest["effects"]):
+    bg = np.asarray(Image.open(os.path.join(a, "backgrounds", f"{i}.png")))
+    image = np.asarray(Image.open(os.path.join(a, "images", f"{i}.png")))
+    mask = np.asarray(Image.open(os.path.join(a, "masks", f"{i}.png"))) == 255
+    assert shapes.oracle_mask(bg).mean() == 0 and shapes.oracle_mask(image)[mask].mean() > 0.5
+    near = mask.copy()   # the object and 3 px around it (its anti-aliased edge, the blur)
+    for _ in range(3):
+      near = near | np.roll(near, 1, 0) | np.roll(near, -1, 0) | np.roll(near, 1, 1) | np.roll(
+          near, -1, 1)
+    diff = np.abs(bg[~near].astype(int) - image[~near])
+    if effect["kind"] == "none":
+      assert diff.max() == 0
+    # JPEG: the object's colour reaches its 16 px chroma blocks, so only a mean bound.
+    assert diff.mean() < (1.0 if effect["kind"] == "blur" else 6.0), (effect, diff.mean())
+  b = shapes.export_real_test_split(tmp_path / "old", size=32, n=4)
+  before = {n: open(os.path.join(b, "backgrounds", n), "rb").read() for n in
+            os.listdir(os.path.join(b, "backgrounds"))}
+  stamp = os.stat(os.path.join(b, "images", "0.png")).st_mtime_ns
+  import shutil
+  shutil.rmtree(os.path.join(b, "backgrounds"))
+  assert shapes.ensure_real_test_split(b, 32, 4) == b
+  assert os.stat(os.path.join(b, "images", "0.png")).st_mtime_ns == stamp
+  assert {n: open(os.path.join(b, "backgrounds", n), "rb").read() for n in
+          os.listdir(os.path.join(b, "backgrounds"))} == before
+  assert not [n for n in os.listdir(b) if n.startswith(".")]
+
+
 def test_heldout_split_export(tmp_path, monkeypatch):
   a = shapes.export_real_test_split(tmp_path / "a", size=32, n=8, seed=0)
   b = shapes.export_real_test_split(tmp_path / "b", size=32, n=8, seed=0)

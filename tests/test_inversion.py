@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -223,22 +224,113 @@ def test_invert_then_edit_write_their_outputs(world):
   assert Image.open(os.path.join(out, "recon", "a.png")).size == (SIZE, SIZE)
   assert not [p for p in os.listdir(world["base"]) if ".tmp-" in p]
 
+  assert s["sources"] == {"a": {"file": os.path.abspath(os.path.join(world["images"], "a.png")),
+                                "size": [SIZE, SIZE]},
+                          "b": {"file": os.path.abspath(os.path.join(world["images"], "b.png")),
+                                "size": [13, 20]}}
+
+  # The original of an inversion's edit is the photo, at its own size (b: 13 x 20).
   e_out = str(world["base"] / "edit")
   e = edit(resolve(EditConfig, generator=world["gen_dir"], alpha=world["alpha"], latents=out,
-                   direction=1, strength=2.0, out=e_out, batch=2))
-  p = e["background_psnr"]
+                   direction=1, strength=2.0, out=e_out, batch=2, dilate=0))
+  assert e["original"] == "photo" and "true_background_psnr" not in e
+  p = e["leakage_psnr"]
   assert set(p) == {"naive", "preserved", "preserved_by_completion"}
   assert set(p["preserved_by_completion"]) == {"g_bg", "inpaint"}
   assert p["preserved"] == p["preserved_by_completion"]["inpaint"]
   for d in ("original", "masks", "naive", "preserved", "background", "edited_masks"):
     assert sorted(os.listdir(os.path.join(e_out, d))) == ["a.png", "b.png"]
-  # The latent and its noise maps reproduce the inversion's reconstruction.
+    assert Image.open(os.path.join(e_out, d, "b.png")).size == (20, 13)
+  for n in ("a", "b"):
+    photo = np.asarray(Image.open(os.path.join(world["images"], f"{n}.png")))
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(e_out, "original",
+                                                                     f"{n}.png"))), photo)
+    # Outside the completed region and the edit's alpha, the preserved edit is the photo.
+    pres = np.asarray(Image.open(os.path.join(e_out, "preserved", f"{n}.png")), np.int32)
+    bg = np.asarray(Image.open(os.path.join(e_out, "background", f"{n}.png")), np.int32)
+    assert (np.abs(bg - photo).max(-1) == 0).mean() > 0.3
+    assert np.abs(pres - photo).max() > 0   # the edit is there
+  # Bare latents (no record of the photos) keep G(w) as the original: the inversion's recon.
+  bare = world["base"] / "bare"
+  bare.mkdir()
+  shutil.copytree(os.path.join(out, "latents"), bare / "latents")
+  shutil.copytree(os.path.join(out, "noise"), bare / "noise")
+  b_out = str(world["base"] / "edit_bare")
+  e = edit(resolve(EditConfig, generator=world["gen_dir"], alpha=world["alpha"],
+                   latents=str(bare), direction=1, strength=2.0, out=b_out, batch=2))
+  assert e["original"] == "G(w)"
   recon = np.asarray(Image.open(os.path.join(out, "recon", "a.png")), np.int32)
-  orig = np.asarray(Image.open(os.path.join(e_out, "original", "a.png")), np.int32)
+  orig = np.asarray(Image.open(os.path.join(b_out, "original", "a.png")), np.int32)
   assert np.abs(recon - orig).max() <= 1
+  # --images: a split with masks/ and backgrounds/ scores the edit against the true background.
+  split = world["base"] / "split"
+  for sub in ("images", "masks", "backgrounds"):
+    (split / sub).mkdir(parents=True)
+  for n in ("a", "b"):
+    photo = np.asarray(Image.open(os.path.join(world["images"], f"{n}.png")))
+    Image.fromarray(photo).save(split / "images" / f"{n}.png")
+    Image.fromarray(photo).save(split / "backgrounds" / f"{n}.png")
+    Image.fromarray(np.full(photo.shape[:2], 255, np.uint8)).save(split / "masks" / f"{n}.png")
+  t = edit(resolve(EditConfig, generator=world["gen_dir"], alpha=world["alpha"], latents=out,
+                   images=str(split), direction=1, strength=2.0, out=str(world["base"] / "e3"),
+                   batch=2))
+  tb = t["true_background_psnr"]
+  # The masks cover every pixel, so the vacated region is the whole edit background.
+  assert tb["vacated"] == tb["edit_background"] and 0 < tb["vacated"]["pixels"] <= SIZE ** 2 + 13 * 20
   s2 = edit(resolve(EditConfig, generator=world["gen_dir"], alpha=world["alpha"], seeds="3,4",
                     out=str(world["base"] / "edit_seeds"), strength=-2.0))
-  assert s2["edited"] == 2
+  assert s2["edited"] == 2 and s2["original"] == "G(w)"
+
+
+def test_a_student_mask_of_the_photo_joins_the_completed_region():
+  """B is completed where A's mask of the inversion or the student's mask of the photo is above
+  --fill_threshold (dilated); elsewhere B is the photo itself."""
+  from l4f_jax.programs.edit import compose
+  n = 12
+  ramp = np.linspace(-0.8, 0.8, n, dtype=np.float32)
+  photo = np.repeat(np.stack([np.tile(ramp, (n, 1))] * 3, -1)[None], 1, 0)[0]
+  block = np.zeros((n, n), bool)
+  block[4:8, 4:8] = True
+  photo[block] = [1.0, -1.0, -1.0]                       # the photo's object, missed by A
+  zeros = np.zeros((1, n, n, 1), np.float32)
+  r = {"alpha": zeros, "alpha_edit": zeros, "edited": np.zeros((1, n, n, 3), np.float32),
+       "g_bg": np.zeros((1, n, n, 3), np.float32)}
+  cfg = resolve(EditConfig, out="unused", dilate=1)
+  alone = compose(r, 0, photo, cfg)
+  np.testing.assert_array_equal(alone["background_inpaint"], photo)   # nothing to complete
+  joined = compose(r, 0, photo, cfg, photo_alpha=block.astype(np.float32))
+  grown = np.zeros_like(block)
+  grown[3:9, 3:9] = True
+  b = joined["background_inpaint"]
+  np.testing.assert_array_equal(b[~grown], photo[~grown])
+  np.testing.assert_allclose(b[block], np.tile(ramp, (n, 1))[block][:, None].repeat(3, 1),
+                             atol=0.02)                  # the ramp, not the object
+  np.testing.assert_array_equal(joined["background_g_bg"][grown], 0.0)
+
+
+def test_score_truth_regions():
+  """Region (i) is where the colour oracle sees no object in the naive edit, (ii) its part inside
+  the photo's exact mask; squared errors on the [0, 1] scale, 3 channels."""
+  from l4f_jax.programs.edit import score_truth
+  h, w = 4, 5
+  edited = np.full((h, w, 3), -0.5, np.float32)        # grey: background by the oracle
+  edited[0, 0] = [1.0, -1.0, -1.0]                     # red: object
+  exact = np.zeros((h, w), bool)
+  exact[0, :3] = True                                  # the photo's object
+  truth = np.zeros((h, w, 3), np.float32)
+  item = {"edited": edited, "preserved_inpaint": np.zeros((h, w, 3), np.float32),
+          "preserved_g_bg": truth + 0.2}
+  item["original"] = np.where(exact[..., None], np.float32([1.0, -1.0, -1.0]), truth)
+  sc = score_truth(item, exact, truth, margin=0)
+  assert sc["edit_background"]["count"] == 3 * (h * w - 1) and sc["vacated"]["count"] == 3 * 2
+  assert sc["edit_background"]["inpaint"] == 0
+  np.testing.assert_allclose(sc["edit_background"]["naive"], 3 * (h * w - 1) * 0.25 ** 2)
+  np.testing.assert_allclose(sc["vacated"]["g_bg"], 3 * 2 * 0.1 ** 2, rtol=1e-5)
+  assert sc["photo_itself"] == {"photo": 0.0, "count": 3 * (h * w - 3)}
+  # A 1 px margin leaves out the object's rim: (0, 0)'s 3 x 3 neighbourhood.
+  sc = score_truth(item, exact, truth, margin=1)
+  assert sc["edit_background"]["count"] == 3 * (h * w - 4) and sc["vacated"]["count"] == 3 * 1
+  assert sc["photo_itself"]["count"] == 3 * (h * w - 8)
 
 
 def test_bad_inputs_are_one_line_errors(world):

@@ -269,14 +269,28 @@ def render_example(seed_or_rng, size: int = 64) -> tuple[np.ndarray, np.ndarray]
   Returns:
     (image uint8 [size, size, 3], mask bool [size, size]).
   """
+  image, mask, _ = render_layers(seed_or_rng, size)
+  return image, mask
+
+
+def _quantize(x) -> np.ndarray:
+  return np.floor(np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def render_layers(seed_or_rng, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`render_example` with the clean background: (image, mask, background uint8 [size, size, 3]).
+
+  The renderer draws the background first, then the object over it, then one sensor grain field
+  over the whole picture; `background` is the same picture without the object (background +
+  the same grain), so it equals `image` wherever the object's coverage is 0.
+  """
   rng = np.random.default_rng(seed_or_rng)
   bg = _background(rng, size)
   cov, u, v = _shape_coverage(rng, size)
   fg = _foreground(rng, u, v)
   img = cov[..., None] * fg + (1 - cov[..., None]) * bg
-  img = img + rng.uniform(0.0, 0.012) * rng.standard_normal((size, size, 1)).astype(np.float32)
-  image = np.floor(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-  return image, cov >= 0.5
+  grain = rng.uniform(0.0, 0.012) * rng.standard_normal((size, size, 1)).astype(np.float32)
+  return _quantize(img + grain), cov >= 0.5, _quantize(bg + grain)
 
 
 # ----------------------------------------------------------------------------- tfds builder
@@ -397,6 +411,17 @@ def ensure_shapes(dataset: str, size: int, num_examples: int, seed: int = 0) -> 
 HELDOUT_STREAM_TAG = 0x7E575E7
 HELDOUT_FORMAT = "l4f_shapes_real_test/1"
 HELDOUT_MANIFEST = "split.json"
+BACKGROUNDS = "backgrounds"
+
+# The validation split: the held-out stream at another seed. Validation example i is
+# `render_heldout_example(i, seed=VALIDATION_SEED)`, entropy [1, i, TAG], the test split's is
+# [0, i, TAG] (REAL_TEST_SEED, the seed `ensure_real_test_split` and the pipeline use): by the
+# bijection above, no validation example shares a generator with a test or a train example
+# (tests/test_image_io.py checks the pools at the sizes the runs use). Every choice of a
+# threshold, flag value or setting is made on it, never on the test split; a validation split
+# with the test split's seed would be the test split, and is refused.
+REAL_TEST_SEED = 0
+VALIDATION_SEED = 1
 _JPEG_FRACTION, _JPEG_QUALITY = 0.25, (60, 90)
 _BLUR_FRACTION, _BLUR_RADIUS = 0.25, (0.4, 0.9)
 _U32 = 2 ** 32
@@ -407,32 +432,44 @@ def heldout_entropy(i: int, seed: int = 0, tag: int = HELDOUT_STREAM_TAG) -> lis
   return [int(seed), int(i), int(tag)]
 
 
+def _photo_effect(image: np.ndarray, effect: dict) -> np.ndarray:
+  """`effect` (a split.json entry) applied to a uint8 picture."""
+  from PIL import ImageFilter  # pylint: disable=import-outside-toplevel
+  if effect["kind"] == "jpeg":
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=effect["quality"])
+    buf.seek(0)
+    with Image.open(buf) as img:
+      return np.asarray(img.convert("RGB"))
+  if effect["kind"] == "blur":
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(effect["radius"])))
+  return image
+
+
 def render_heldout_example(i: int, size: int = 64, seed: int = 0, photo_effects: bool = True,
-                           tag: int = HELDOUT_STREAM_TAG) -> tuple[np.ndarray, np.ndarray, dict]:
-  """Held-out example i: (image uint8 [size, size, 3], mask bool [size, size], effect dict).
+                           tag: int = HELDOUT_STREAM_TAG, with_background: bool = False):
+  """Held-out example i: (image uint8 [size, size, 3], mask bool [size, size], effect dict), and
+  with `with_background` a fourth item, its background uint8 [size, size, 3].
 
   The effect dict is {'kind': 'none'}, {'kind': 'jpeg', 'quality': q} or {'kind': 'blur',
-  'radius': r}; without photo_effects always {'kind': 'none'}.
+  'radius': r}; without photo_effects always {'kind': 'none'}. The background is the clean
+  background of `render_layers` (the picture without its object) through the same photo effect:
+  the photo this camera would have taken of the scene without the object.
   """
-  from PIL import ImageFilter  # pylint: disable=import-outside-toplevel
   entropy = heldout_entropy(i, seed, tag)
-  image, mask = render_example(np.random.SeedSequence(entropy), size)
+  image, mask, background = render_layers(np.random.SeedSequence(entropy), size)
   effect = {"kind": "none"}
   if photo_effects:
     fx = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(0,)))
     u = fx.random()
     if u < _JPEG_FRACTION:
-      q = int(fx.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1))
-      buf = io.BytesIO()
-      Image.fromarray(image).save(buf, format="JPEG", quality=q)
-      buf.seek(0)
-      with Image.open(buf) as img:
-        image = np.asarray(img.convert("RGB"))
-      effect = {"kind": "jpeg", "quality": q}
+      effect = {"kind": "jpeg", "quality": int(fx.integers(_JPEG_QUALITY[0],
+                                                           _JPEG_QUALITY[1] + 1))}
     elif u < _JPEG_FRACTION + _BLUR_FRACTION:
-      r = round(float(fx.uniform(*_BLUR_RADIUS)), 3)
-      image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(r)))
-      effect = {"kind": "blur", "radius": r}
+      effect = {"kind": "blur", "radius": round(float(fx.uniform(*_BLUR_RADIUS)), 3)}
+  image = _photo_effect(image, effect)
+  if with_background:
+    return image, mask, effect, _photo_effect(background, effect)
   return image, mask, effect
 
 
@@ -471,13 +508,21 @@ def render_window_example(i: int, frame: int = 128, seed: int = 0, photo_effects
 
 
 def _heldout_params(size: int, n: int, seed: int, photo_effects: bool,
-                    windows: bool = False) -> dict:
+                    windows: bool = False, validation: bool = False) -> dict:
   from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  what = "validation" if validation else "real test"
   if int(size) < 16 or not 1 <= int(n) < _U32 or not 0 <= int(seed) < _U32:
-    raise UserError(f"real test split size={size} n={n} seed={seed}: needs size >= 16, "
+    raise UserError(f"{what} split size={size} n={n} seed={seed}: needs size >= 16, "
                     f"1 <= n < 2**32 and 0 <= seed < 2**32")
+  if validation and int(seed) == REAL_TEST_SEED:
+    raise UserError(f"validation split seed={seed} is the real test split's seed: its images "
+                    f"would be the test images; pass another seed (default {VALIDATION_SEED})")
   params = {"size": int(size), "n": int(n), "seed": int(seed), "photo_effects": bool(photo_effects)}
-  return dict(params, windows=True) if windows else params
+  if windows:
+    params["windows"] = True
+  if validation:
+    params["validation"] = True
+  return params
 
 
 def _heldout_status(out_dir: str, params: dict) -> str:
@@ -505,32 +550,45 @@ def _heldout_status(out_dir: str, params: dict) -> str:
     for sub in ("images", "masks"):
       if not os.path.isfile(os.path.join(out_dir, sub, f"{i}.png")):
         return f"is incomplete ({sub}/{i}.png is missing)"
+  if not params.get("windows") and not all(
+      os.path.isfile(os.path.join(out_dir, BACKGROUNDS, f"{i}.png")) for i in range(params["n"])):
+    return "backgrounds"  # a split written before backgrounds/ existed: they are added
   return "match"
+
+
+_BACKGROUNDS_NOTE = ("backgrounds/<i>.png: the picture without its object (render_layers: the "
+                     "background the renderer draws first, with the same grain) through the same "
+                     "photo effect")
 
 
 def _write_heldout(tmp: str, params: dict) -> None:
   import json  # pylint: disable=import-outside-toplevel
-  for sub in ("images", "masks"):
+  windows = params.get("windows")
+  subs = ("images", "masks") if windows else ("images", "masks", BACKGROUNDS)
+  for sub in subs:
     os.makedirs(os.path.join(tmp, sub))
   effects, sources, i = [], [], 0
   while len(effects) < params["n"]:
-    if params.get("windows"):
+    if windows:
       example = render_window_example(i, params["size"], params["seed"], params["photo_effects"])
     else:
-      example = render_heldout_example(i, params["size"], params["seed"], params["photo_effects"])
+      example = render_heldout_example(i, params["size"], params["seed"], params["photo_effects"],
+                                       with_background=True)
     i += 1
     if example is None:
       if i > 100 * params["n"]:
         raise RuntimeError("l4f_shapes windows: too few objects fit a non-square window")
       continue
-    image, mask, effect = example
+    image, mask, effect = example[:3]
     k = len(effects)
     Image.fromarray(image).save(os.path.join(tmp, "images", f"{k}.png"), format="PNG")
     Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).save(
         os.path.join(tmp, "masks", f"{k}.png"), format="PNG")
+    if not windows:
+      Image.fromarray(example[3]).save(os.path.join(tmp, BACKGROUNDS, f"{k}.png"), format="PNG")
     effects.append(effect)
     sources.append(i - 1)
-  tag = WINDOW_STREAM_TAG if params.get("windows") else HELDOUT_STREAM_TAG
+  tag = WINDOW_STREAM_TAG if windows else HELDOUT_STREAM_TAG
   manifest = {
       "format": HELDOUT_FORMAT,
       "params": params,
@@ -540,18 +598,57 @@ def _write_heldout(tmp: str, params: dict) -> None:
       "masks": "0/255 L PNG, exact object coverage >= 0.5 of the clean render",
       "effects": effects,
   }
-  if params.get("windows"):
+  if windows:
     manifest.update(sources=sources, use="validation of --fit (non-square windows, "
                     "render_window_example); never train G, A or a student on it")
+  else:
+    manifest["backgrounds"] = _BACKGROUNDS_NOTE
+  if params.get("validation"):
+    manifest["use"] = ("validation: every choice of a threshold, flag value or setting is made "
+                       "here; never train G, A or a student on it")
   with open(os.path.join(tmp, HELDOUT_MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=1)
 
 
+def _add_backgrounds(out_dir: str, params: dict) -> None:
+  """Adds backgrounds/ to a complete split written before they existed (its images and masks are
+  checked against the renderer and left untouched)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  from l4f_jax.io import files  # pylint: disable=import-outside-toplevel
+  tmp = tempfile.mkdtemp(dir=out_dir, prefix=f".tmp_{BACKGROUNDS}_")
+  try:
+    for i in range(params["n"]):
+      image, _, _, background = render_heldout_example(
+          i, params["size"], params["seed"], params["photo_effects"], with_background=True)
+      with Image.open(os.path.join(out_dir, "images", f"{i}.png")) as img:
+        if not np.array_equal(np.asarray(img.convert("RGB")), image):
+          raise UserError(f"{out_dir}: images/{i}.png is not the renderer's image {i}; pass a "
+                          "new folder")
+      Image.fromarray(background).save(os.path.join(tmp, f"{i}.png"), format="PNG")
+    os.chmod(tmp, files.dir_mode())
+    shutil.rmtree(os.path.join(out_dir, BACKGROUNDS), ignore_errors=True)
+    os.rename(tmp, os.path.join(out_dir, BACKGROUNDS))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  path = os.path.join(out_dir, HELDOUT_MANIFEST)
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  manifest["backgrounds"] = _BACKGROUNDS_NOTE
+
+  def write(tmp_path):
+    with open(tmp_path, "w", encoding="utf-8") as f:
+      json.dump(manifest, f, indent=1)
+  files.atomic_write(path, write)
+
+
 def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
                            photo_effects: bool = True, overwrite: bool = False,
-                           windows: bool = False) -> str:
-  """Writes the held-out test split: `<out_dir>/images/<i>.png`, `<out_dir>/masks/<i>.png` (0/255)
-  and `<out_dir>/split.json` (parameters, per-example photo effects); returns out_dir.
+                           windows: bool = False, validation: bool = False) -> str:
+  """Writes the held-out test split: `<out_dir>/images/<i>.png`, `<out_dir>/masks/<i>.png` (0/255),
+  `<out_dir>/backgrounds/<i>.png` (the picture without its object, `render_heldout_example`) and
+  `<out_dir>/split.json` (parameters, per-example photo effects); returns out_dir.
 
   Atomic: everything is written to a hidden temporary folder next to out_dir and renamed into
   place, so out_dir is either absent or complete. Idempotent: an existing complete split with the
@@ -559,14 +656,19 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
   incomplete split or a folder that is not a split raises UserError; `overwrite=True` replaces a
   split with other parameters or an incomplete one (never a folder that is not a split).
   `windows=True` writes the non-square window split instead (`render_window_example`; `size` is
-  the frame's side).
+  the frame's side; no backgrounds). `validation=True` writes the validation split (the comment
+  at VALIDATION_SEED; a seed equal to REAL_TEST_SEED is refused). A complete split written before
+  backgrounds/ existed gets them added; its images and masks stay as they are.
   """
   import shutil  # pylint: disable=import-outside-toplevel
   from l4f_jax.io import files  # pylint: disable=import-outside-toplevel
   from l4f_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-  params = _heldout_params(size, n, seed, photo_effects, windows)
+  params = _heldout_params(size, n, seed, photo_effects, windows, validation)
   out_dir = os.path.abspath(os.fspath(out_dir))
   status = _heldout_status(out_dir, params)
+  if status == "backgrounds":
+    _add_backgrounds(out_dir, params)
+    status = _heldout_status(out_dir, params)
   if status == "match":
     return out_dir
   replace = status not in ("absent", "empty")
@@ -597,12 +699,13 @@ def export_real_test_split(out_dir, size: int = 64, n: int = 256, seed: int = 0,
     for d in (tmp, old):
       if d is not None and os.path.exists(d):
         shutil.rmtree(d, ignore_errors=True)
-  logging.info("Wrote the real test split (%d images, %d px, seed %d) to %s", params["n"],
-               params["size"], params["seed"], out_dir)
+  logging.info("Wrote the %s split (%d images, %d px, seed %d) to %s",
+               "validation" if validation else "real test", params["n"], params["size"],
+               params["seed"], out_dir)
   return out_dir
 
 
-def ensure_real_test_split(path, size: int, n: int, seed: int = 0,
+def ensure_real_test_split(path, size: int, n: int, seed: int = REAL_TEST_SEED,
                            photo_effects: bool = True) -> str:
   """`export_real_test_split(path, ...)` on process 0 (reused when already there); every process
   then waits for it, as `ensure_shapes` does. Returns the split folder."""
@@ -613,4 +716,19 @@ def ensure_real_test_split(path, size: int, n: int, seed: int = 0,
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("l4f_shapes_real_test_ready")
+  return out
+
+
+def ensure_real_val_split(path, size: int, n: int, seed: int = VALIDATION_SEED,
+                          photo_effects: bool = True) -> str:
+  """The validation split (the comment at VALIDATION_SEED) at `path`, as `ensure_real_test_split`
+  builds the test split; a seed equal to the test split's (REAL_TEST_SEED) is refused."""
+  import jax  # pylint: disable=import-outside-toplevel
+  out = os.path.abspath(os.fspath(path))
+  if jax.process_index() == 0:
+    export_real_test_split(out, size=size, n=n, seed=seed, photo_effects=photo_effects,
+                           validation=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("l4f_shapes_val_ready")
   return out

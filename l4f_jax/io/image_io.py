@@ -459,6 +459,18 @@ def alpha_to_original(alpha, hw: tuple[int, int]) -> np.ndarray:
   return _resize_alpha(_alpha_2d(alpha), w, h)
 
 
+def resize_image(x, hw: tuple[int, int]) -> np.ndarray:
+  """Float image [S, S', 3] (any range, e.g. G's [-1, 1]) -> float32 [h, w, 3], each channel
+  resized with LANCZOS (as `to_model_input` resizes photos the other way); the same size is
+  returned unchanged."""
+  a = np.asarray(x, np.float32)
+  h, w = (int(v) for v in hw)
+  if a.shape[:2] == (h, w):
+    return a
+  return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), mode="F")
+                              .resize((w, h), Image.LANCZOS)) for c in range(a.shape[-1])], -1)
+
+
 def _png_image(array: np.ndarray, mode: str) -> Image.Image:
   img = Image.fromarray(np.ascontiguousarray(array, np.uint8))
   if img.mode != mode:

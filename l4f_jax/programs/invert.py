@@ -16,7 +16,9 @@ with a loss that needs no downloaded weights), then A reads the features of G at
   <out>/grid.png            input / recon / alpha / mask of the first inputs
   <out>/metrics.json        PSNR of every recon (dB, against the model-size input) and their mean,
                             seconds per image and images per second of the inversion (compile
-                            excluded, reported apart), skipped files, the settings
+                            excluded, reported apart), skipped files, the settings, and
+                            "sources": {stem: {"file": absolute path, "size": [h, w]}}, where each
+                            photo came from (`experiments.edit` edits that photo, not the recon)
 
 Batches of `batch` images per device run as one jitted program whose inputs are sharded over a
 Mesh of all local devices (every image's optimisation is independent: its random draws come from
@@ -173,9 +175,10 @@ def _resumed_row(tmp: str, path: str, stem: str, size: int, threshold: float, ma
   return x, recon, alpha, masks.hard_mask(alpha, threshold)
 
 
-def _resume(st, paths, stems, cfg: InvertConfig, size: int, skipped, psnrs, rows) -> dict:
-  """Takes in what a killed run's journal says was done (its skips, PSNRs and grid rows);
-  returns {absolute path: journal entry}."""
+def _resume(st, paths, stems, cfg: InvertConfig, size: int, skipped, psnrs, rows,
+            sources) -> dict:
+  """Takes in what a killed run's journal says was done (its skips, PSNRs, sources and grid
+  rows); returns {absolute path: journal entry}."""
   finished = {e["file"]: e for e in st.journal}
   for k, (path, stem) in enumerate(zip(paths, stems)):
     e = finished.get(os.path.abspath(path))
@@ -185,6 +188,7 @@ def _resume(st, paths, stems, cfg: InvertConfig, size: int, skipped, psnrs, rows
       skipped.append({"file": path, "reason": e["skipped"]})
       continue
     psnrs[stem] = e["psnr"]
+    sources[stem] = {"file": e["file"], "size": e.get("size")}
     if k < cfg.sheet_items:
       rows[k] = _resumed_row(st.path, path, stem, size, cfg.threshold, cfg.max_pixels)
   return finished
@@ -208,13 +212,13 @@ def invert(cfg: InvertConfig) -> dict:
               "config": {k: v for k, v in to_dict(cfg).items()
                          if k not in ("out", "overwrite", "sheet_items", "batch")},
               "inputs": image_io.input_signature(paths, stems)}
-  skipped, rows, psnrs, seconds, compile_s, n_new = [], {}, {}, 0.0, 0.0, 0
+  skipped, rows, psnrs, sources, seconds, compile_s, n_new = [], {}, {}, {}, 0.0, 0.0, 0
   progress = metrics_log.Progress(0, len(paths))
   with files.staged(out, program="invert", settings=settings, resumable=True) as st:
     tmp = st.path
     for d in ("masks", "alpha", "recon", "latents", "noise"):
       os.makedirs(os.path.join(tmp, d), exist_ok=True)
-    finished = _resume(st, paths, stems, cfg, gen.size, skipped, psnrs, rows)
+    finished = _resume(st, paths, stems, cfg, gen.size, skipped, psnrs, rows, sources)
     todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
             if os.path.abspath(p) not in finished]
     if todo:
@@ -235,7 +239,8 @@ def invert(cfg: InvertConfig) -> dict:
       for j, (k, path, stem, rgb) in enumerate(chunk):
         _write_one(tmp, stem, rgb, res, j, cfg.threshold)
         psnrs[stem] = round(float(res["psnr"][j]), 3)
-        entries.append({"file": os.path.abspath(path), "psnr": psnrs[stem]})
+        sources[stem] = {"file": os.path.abspath(path), "size": [int(v) for v in rgb.shape[:2]]}
+        entries.append({"psnr": psnrs[stem], **sources[stem]})
         if k < cfg.sheet_items:
           a = res["alpha"][j]
           rows[k] = (x[j], res["recon"][j], a, masks.hard_mask(a, cfg.threshold))
@@ -262,7 +267,8 @@ def invert(cfg: InvertConfig) -> dict:
                "compile_seconds": compile_s, "devices": int(mesh.devices.size),
                "generator": os.path.abspath(cfg.generator),
                "generator_fingerprint": gen.fingerprint, "alpha": os.path.abspath(cfg.alpha),
-               "size": gen.size, "images": cfg.images, "config": to_dict(cfg)}
+               "size": gen.size, "images": cfg.images, "sources": sources,
+               "config": to_dict(cfg)}
     metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
     st.commit()
   return summary
