@@ -52,3 +52,19 @@ def test_bad_flags_exit_with_one_line(flag, message):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.startswith("benchmark: error:")]
   assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_cpu_peaks_from_cpuinfo(tmp_path):
+  """float32: cores x 2 FMA x 16 lanes (AVX-512) x 2 x clock; bf16 with AMX: cores x 1024 x clock;
+  no AVX-512: 8 lanes; no clock: None."""
+  from l4f_jax.system.flops import cpu_peak_gflops
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu avx2 avx512f amx_bf16\n")
+  assert cpu_peak_gflops("float32", str(info), cores=4)[0] == 4 * 2 * 16 * 2 * 2.0
+  assert cpu_peak_gflops("bfloat16", str(info), cores=4)[0] == 4 * 1024 * 2.0
+  info.write_text("cpu MHz\t\t: 3000.000\nflags\t\t: fpu avx2\n")
+  assert cpu_peak_gflops("float32", str(info), cores=2)[0] == 2 * 2 * 8 * 2 * 3.0
+  assert cpu_peak_gflops("bfloat16", str(info), cores=2)[0] == 2 * 2 * 8 * 2 * 3.0
+  info.write_text("flags\t\t: avx512f\n")
+  assert cpu_peak_gflops("float32", str(info)) is None
+  assert cpu_peak_gflops("float32", str(tmp_path / "missing")) is None

@@ -14,14 +14,16 @@ import pytest
 
 from l4f_jax.method.losses import r1_penalty
 from l4f_jax.models.stylegan2 import Discriminator
-from l4f_jax.ops.layers import conv2d
+from l4f_jax.ops.layers import AMX_MIN_CHANNELS, GEMM_MAX_PIXELS, conv2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (in size, kernel, stride, padding): every conv of G and D (3x3 same, 1x1, D's 3x3 / 1x1 stride 2
 # after the blur, the transposed conv's 2x2 / 2x1 / 1x2 phases with full padding) and odd extras.
+# (12, 3, 1, 1) has 144 output pixels > GEMM_MAX_PIXELS: the per-tap weight gradient; the others
+# the single patches GEMM.
 CASES = [(8, 3, 1, 1), (8, 1, 1, 0), (9, 3, 2, 0), (7, 1, 2, 0), (6, 2, 1, 1), (5, 1, 1, 0),
-         (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0)]
+         (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1)]
 
 _SCRIPT = """
 import jax, numpy as np, torch
@@ -106,3 +108,41 @@ def test_r1_program_uses_only_dense_conv_forms():
   bad = [f for f in forms if f[0] != "b01f_01io->b01f"
          or re.search(r"rhs_reversal|lhs_dilate|rhs_dilate|stride", f[1])]
   assert not bad, bad
+
+
+def test_case_list_covers_both_weight_gradient_forms():
+  sizes = [((h + 2 * p - k) // s + 1) ** 2 for h, k, s, p in CASES]
+  assert min(sizes) <= GEMM_MAX_PIXELS < max(sizes), sizes
+
+
+def test_bf16_gemm_path_to_second_order():
+  """bfloat16 at AMX_MIN_CHANNELS channels (the bf16 GEMM forms with float32 accumulation):
+  forward, both gradients and the R1-like second derivative against JAX's own derivatives of one
+  float32 lax conv on the same bf16-rounded inputs, within a few bf16 roundings (u = 2^-8); and the
+  compiled forward is GEMMs (bf16 operands, float32 result), no convolution."""
+  c = AMX_MIN_CHANNELS
+  bf = jnp.bfloat16
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, c)).astype(bf)
+  w = (jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, c)) / (3 * c ** 0.5)).astype(bf)
+  cot = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 5, c))
+
+  def loss(impl, dtype):
+    return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 1,
+                                                      impl=impl).astype(jnp.float32)))
+  r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
+  got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
+             h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
+  want = dict(y=conv2d(x.astype(jnp.float32), w.astype(jnp.float32), 1, 1, impl="xla"),
+              g=jax.grad(loss("xla", jnp.float32), (0, 1))(x, w),
+              h=jax.grad(r1(loss("xla", jnp.float32)), (0, 1))(x, w))
+  for name in got:
+    for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
+      assert a.dtype == bf, (name, a.dtype)
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
+      assert rel < 8 * 2.0 ** -8, (name, rel)
+  fwd = jax.jit(lambda x, w: conv2d(x, w, 1, 1, impl="phases")).lower(x, w)
+  assert " convolution(" not in fwd.compile().as_text()
+  gemms = re.findall(r"dot_general.*: \(tensor<\w+xbf16>, tensor<\w+xbf16>\) -> tensor<\w+xf32>",
+                     fwd.as_text())
+  assert len(gemms) == 9, fwd.as_text()[-3000:]

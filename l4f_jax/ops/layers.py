@@ -106,23 +106,95 @@ def varying_axes(x) -> frozenset:
   return frozenset(mat.varying if mat is not None else getattr(aval, "vma", None) or ())
 
 
+# Shape rules of conv2d_s1's GEMM forms, from micro-benchmarks at the 256 px config-f and built-in
+# world shapes on a 2-core Sapphire Rapids (docs/benchmarks.md "Conv forms"):
+# - bfloat16 with both channel counts >= AMX_MIN_CHANNELS runs forward, input gradient and weight
+#   gradient as bf16 GEMMs with float32 accumulation, which XLA:CPU maps onto the AMX tiles (up to
+#   2x the float32 conv at 512 channels); below it the GEMMs are memory-bound and XLA's conv wins.
+# - a weight gradient over <= GEMM_MAX_PIXELS output pixels runs as one patches^T x dy GEMM (the
+#   8 px and 4 px layers: 1.3-3.5x the per-tap form); above it as one GEMM per tap.
+AMX_MIN_CHANNELS = 256
+GEMM_MAX_PIXELS = 64
+
+
+def _acc(dtype):
+  """The accumulation dtype of a GEMM form: float32 for bfloat16 (and float32), float64 stays."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _amx(x, weight) -> bool:
+  return x.dtype == jnp.bfloat16 and min(x.shape[-1], weight.shape[-1]) >= AMX_MIN_CHANNELS
+
+
+def _tap_gemm_conv(x, weight, pads):
+  """The conv as a sum of kh*kw shifted GEMMs [B*H*W, Cin] x [Cin, Cout], accumulated in float32
+  (`preferred_element_type`) and rounded to x's dtype once at the end."""
+  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  kh, kw, cin, cout = weight.shape
+  ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      t = lax.dot_general(xp[:, i:i + ho, j:j + wo].reshape(-1, cin), weight[i, j],
+                          (((1,), (0,)), ((), ())), preferred_element_type=_acc(x.dtype))
+      y = t if y is None else y + t
+  return y.reshape(x.shape[0], ho, wo, cout).astype(x.dtype)
+
+
+def _conv_s1(x, weight, pads):
+  if _amx(x, weight):
+    return _tap_gemm_conv(x, weight.astype(x.dtype), pads)
+  return _conv_nhwc(x, weight, pads)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
   """Stride-1 NHWC / HWIO convolution (cross-correlation) with static pads ((t, b), (l, r)), whose
   derivatives are written out in forms XLA:CPU runs at full speed.
 
   The input gradient is this same function (NHWC, HWIO, no window reversal) correlating dy with the
-  flipped, io-swapped kernel; the weight gradient is one 2-D matmul per tap. JAX's own transpose
+  flipped, io-swapped kernel; the weight gradient is a GEMM (`_weight_grad`). JAX's own transpose
   rules give the second derivative (the R1 penalty's gradient) convolutions with reversed windows
   and batch-last layouts, which XLA:CPU cannot hand to its Eigen kernels and runs in a naive loop
   (256 px config-f D: the R1 program ran at 7.6 GFLOP/s per core, the forward pass at 55). The
-  values are the same up to summation order (tests/test_ops.py, float64).
+  values are the same up to summation order (tests/test_conv.py, float64).
+
+  bfloat16 (`--compute_dtype=bfloat16`) with >= AMX_MIN_CHANNELS channels in and out: the forward
+  and input gradient run as kh*kw bf16 GEMMs and the weight gradient as one, all accumulating in
+  float32 (`preferred_element_type`), XLA:CPU's AMX path; each result is rounded to bfloat16 once.
+  Where the precision lives in a bf16 step: the GEMM/conv accumulations and the demodulation
+  statistics in float32 (`modulated_conv`), the activations between layers in bfloat16; losses, the
+  R1 penalty and its gradient's reductions, the parameters and the Adam state in float32 (the
+  parameters are cast to bf16 at each use, and their bf16 cotangents back to float32).
   """
-  return _conv_nhwc(x, weight, pads)
+  return _conv_s1(x, weight, pads)
 
 
 def _conv2d_s1_fwd(x, weight, pads):
-  return _conv_nhwc(x, weight, pads), (x, weight)
+  return _conv_s1(x, weight, pads), (x, weight)
+
+
+def _weight_grad(xp, dy, kh, kw):
+  """dw[i, j] = xp[:, i:, j:]^T dy over (b, h, w), the contraction flattened to 2-D GEMMs.
+
+  bf16 on the AMX path or a small output (<= GEMM_MAX_PIXELS pixels): one GEMM of the image
+  patches [kh*kw*Cin, B*H*W] (built from the channel-first input, so that the GEMM's operands are
+  in the row-major layout XLA:CPU's bf16 kernels take) with dy [B*H*W, Cout]. Otherwise one GEMM
+  per tap (XLA:CPU runs the same contraction over three separate dims at under half the speed,
+  and its weight-gradient conv at a third)."""
+  cin, ho, wo = xp.shape[-1], dy.shape[1], dy.shape[2]
+  dy2 = dy.reshape(-1, dy.shape[-1])
+  acc = _acc(dy.dtype)
+  if (xp.dtype == jnp.bfloat16 and min(cin, dy2.shape[1]) >= AMX_MIN_CHANNELS) \
+      or ho * wo <= GEMM_MAX_PIXELS:
+    xt = jnp.transpose(xp, (3, 0, 1, 2))                       # [Cin, B, H + pads, W + pads]
+    pt = jnp.concatenate([xt[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)])
+    dw = lax.dot_general(pt.reshape(kh * kw * cin, -1), dy2, (((1,), (0,)), ((), ())),
+                         preferred_element_type=acc)
+    return dw.reshape(kh, kw, cin, -1)
+  tap = lambda i, j: lax.dot_general(xp[:, i:i + ho, j:j + wo].reshape(-1, cin), dy2,
+                                     (((0,), (0,)), ((), ())), preferred_element_type=acc)
+  return jnp.stack([jnp.stack([tap(i, j) for j in range(kw)]) for i in range(kh)])
 
 
 def _conv2d_s1_bwd(pads, res, dy):
@@ -134,12 +206,7 @@ def _conv2d_s1_bwd(pads, res, dy):
   w_t = jnp.swapaxes(jnp.flip(weight, (0, 1)), 2, 3).astype(dy.dtype)
   dx = conv2d_s1(dy, w_t, ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
   xp = jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0))).astype(dy.dtype)
-  ho, wo = dy.shape[1:3]
-  # dw[i, j] = x[:, i:, j:]^T dy with (b, h, w) flattened: a 2-D matmul per tap (XLA:CPU runs the
-  # same contraction over three separate dims at under half the speed, and the conv form worse).
-  dy2 = dy.reshape(-1, dy.shape[-1])
-  tap = lambda i, j: xp[:, i:i + ho, j:j + wo].reshape(-1, x.shape[-1]).T @ dy2
-  dw = jnp.stack([jnp.stack([tap(i, j) for j in range(kw)]) for i in range(kh)])
+  dw = _weight_grad(xp, dy, kh, kw)
   return _like(dx, x), _like(dw, weight)
 
 

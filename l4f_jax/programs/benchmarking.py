@@ -23,7 +23,7 @@ from typing import Callable, Optional
 from l4f_jax.config import option
 from l4f_jax.errors import UserError
 from l4f_jax.system.flops import (CONFIGS, Config, discriminator_macs, generator_macs,
-                                  iteration_flops, peak_tflops)
+                                  cpu_peak_gflops, iteration_flops, peak_tflops)
 
 
 @dataclasses.dataclass
@@ -161,8 +161,23 @@ def _torch_generator(c: Config, fused: bool = True):
 # code's path; "nonfused" rosinality's fused=False; "nonfused_depthwise" additionally blurs with one
 # channel-grouped conv instead of rosinality's native CPU upfirdn2d (a one-channel conv over B*C
 # images), i.e. a lean non-fused PyTorch StyleGAN2.
+# "nonfused_depthwise_bf16" runs the lean reference under torch's bfloat16 autocast (CPU or CUDA):
+# PyTorch's own mixed precision, the reference for --compute_dtype=bfloat16.
 TORCH_REFERENCES = {"fused": (True, "native"), "nonfused": (False, "native"),
-                    "nonfused_depthwise": (False, "depthwise")}
+                    "nonfused_depthwise": (False, "depthwise"),
+                    "nonfused_depthwise_bf16": (False, "depthwise")}
+
+
+def _autocast(kind: str, dev, fn: Callable[[], object]) -> Callable[[], object]:
+  """fn under torch's bfloat16 autocast for the *_bf16 references, else fn."""
+  if not kind.endswith("_bf16"):
+    return fn
+
+  def run():
+    import torch  # noqa: PLC0415
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+      return fn()
+  return run
 
 
 def _torch_copy(kind: str, c: Config, tg, td=None):
@@ -227,7 +242,7 @@ def bench_generator(args: Args) -> list[Result]:
     for kind in args.torch_modconv:
       g = _torch_copy(kind, c, tg).eval()
       for n in _torch_thread_variants(args, dev):
-        fns.append(_with_threads(n, torch_forward(g)))
+        fns.append(_with_threads(n, _autocast(kind, dev, torch_forward(g))))
         names.append(_torch_name(dev, f"no_grad, {kind}", n))
   for fn in fns:
     fn()  # warm-up
@@ -312,8 +327,8 @@ def _torch_iterations(args: Args, c, m: dict, cfg, real_np) -> tuple[list, list]
     g, d = _torch_copy(kind, c, tg, td)
     opts = tl.make_optimizers(ta, d, cfg.lr, cfg.g_reg_every, cfg.d_reg_every)
     for n in _torch_thread_variants(args, dev):
-      fns += [_with_threads(n, torch_iter(False, g, d, *opts)),
-              _with_threads(n, torch_iter(True, g, d, *opts))]
+      fns += [_with_threads(n, _autocast(kind, dev, torch_iter(False, g, d, *opts))),
+              _with_threads(n, _autocast(kind, dev, torch_iter(True, g, d, *opts)))]
       names.append(_torch_name(dev, f"official_iteration, {kind}", n))
   return fns, names
 
@@ -441,7 +456,8 @@ class BenchmarkConfig:
                               "rosinality's fused (batch-grouped) modulated conv, the official "
                               "path; its non-fused path ('nonfused'); and the non-fused path with "
                               "every blur as one depthwise conv ('nonfused_depthwise': a lean "
-                              "PyTorch StyleGAN2).")
+                              "PyTorch StyleGAN2); 'nonfused_depthwise_bf16': the same under "
+                              "torch's bfloat16 autocast.")
   torch_device: str = option("auto", "Device of the torch reference (auto: cuda when available).",
                              choices=("auto", "cpu", "cuda"))
   compute_dtype: str = option("float32", "JAX compute dtype of G and D (L4FConfig.compute_dtype); "
@@ -510,6 +526,8 @@ def report(what: str, args: Args, results: list[Result]) -> list[str]:
       frac = results[0].flops / results[0].median / (peak * 1e12)
       label = "bf16" if args.compute_dtype == "bfloat16" else "TF32"
       lines.append(f"  JAX at {100 * frac:.1f}% of the {kind} dense {label} peak ({peak:.0f} TFLOP/s)")
+    elif jax.devices()[0].platform == "cpu":
+      lines += _cpu_peak_lines(results, args.compute_dtype)
   if what == "iteration":
     k = 16  # L4FConfig.d_reg_every
     ana = ((k - 1) * iteration_flops(c, False) + iteration_flops(c, True)) / k
@@ -524,6 +542,20 @@ def report(what: str, args: Args, results: list[Result]) -> list[str]:
     lines.append(f"  ratio jax/torch time: {ratio:.3f} (jax {1 / ratio:.2f}x the throughput of the "
                  f"fastest torch, {best.name.split(';')[0]}); {load()}")
   return lines
+
+
+def _cpu_peak_lines(results: list[Result], dtype: str) -> list[str]:
+  """Every result's FLOP/s (the JAX program's count) against this CPU's float32 peak and, for
+  bfloat16, its AMX bf16 peak (flops.cpu_peak_gflops says how each is derived)."""
+  out = []
+  for d in dict.fromkeys(("float32", dtype)):
+    peak = cpu_peak_gflops(d)
+    if peak is None:
+      continue
+    fracs = ", ".join(f"{r.name.split(';')[-1].strip(' )')} {100 * r.flops / r.median / 1e9 / peak[0]:.0f}%"
+                      for r in results if r.flops)
+    out.append(f"  of this CPU's {d} peak {peak[0]:.0f} GFLOP/s ({peak[1]}): {fracs}")
+  return out
 
 
 def _channels(c: Config) -> str:

@@ -86,3 +86,38 @@ def peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
     if name in device_kind.upper():
       return peaks[dtype]
   return None
+
+
+# x86 CPU peaks, derived from the CPU's flags and clock (Linux /proc/cpuinfo):
+#   float32: cores x 2 FMA units x SIMD lanes (16 with AVX-512, 8 with AVX2) x 2 FLOP per FMA x clock
+#            (two 512-bit FMA units: Intel Xeon Scalable Gold / Platinum and later);
+#   bfloat16 with AMX-BF16: cores x 1024 FLOP per cycle (Intel's figure for the AMX TMUL unit:
+#            1,024 bf16 operations per cycle per core, Sapphire Rapids) x clock.
+AMX_BF16_FLOP_PER_CYCLE = 1024
+
+
+def cpu_peak_gflops(dtype: str, cpuinfo: str = "/proc/cpuinfo",
+                    cores: Optional[int] = None) -> Optional[tuple[float, str]]:
+  """(peak GFLOP/s, its derivation) of this CPU for `dtype`, or None where it cannot be derived."""
+  import os  # noqa: PLC0415
+  try:
+    with open(cpuinfo) as f:
+      text = f.read()
+  except OSError:
+    return None
+  fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  try:
+    ghz = float(fields["cpu MHz"]) / 1e3
+  except (KeyError, ValueError):
+    return None
+  flags = set(fields.get("flags", "").split())
+  n = cores or len(os.sched_getaffinity(0))
+  if dtype == "bfloat16" and "amx_bf16" in flags:
+    return (n * AMX_BF16_FLOP_PER_CYCLE * ghz,
+            f"{n} cores x {AMX_BF16_FLOP_PER_CYCLE} bf16 FLOP/cycle (AMX) x {ghz:.2f} GHz")
+  lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else None
+  if lanes is None:
+    return None
+  return (n * 2 * lanes * 2 * ghz,
+          f"{n} cores x 2 FMA x {lanes} lanes x 2 x {ghz:.2f} GHz float32")
