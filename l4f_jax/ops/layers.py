@@ -111,10 +111,13 @@ def varying_axes(x) -> frozenset:
 # - bfloat16 with both channel counts >= AMX_MIN_CHANNELS runs forward, input gradient and weight
 #   gradient as bf16 GEMMs with float32 accumulation, which XLA:CPU maps onto the AMX tiles (up to
 #   2x the float32 conv at 512 channels); below it the GEMMs are memory-bound and XLA's conv wins.
-# - a weight gradient over <= GEMM_MAX_PIXELS output pixels runs as one patches^T x dy GEMM (the
-#   8 px and 4 px layers: 1.3-3.5x the per-tap form); above it as one GEMM per tap.
+# - a weight gradient over <= GEMM_MAX_PIXELS output pixels runs as one patches^T x dy GEMM; above
+#   it as one GEMM per tap. Off (0) by default: at 64 (the 8 px and 4 px layers, 1.3-3.5x the
+#   per-tap form alone) the 256 px config-f iteration did not change (13.44 s against 13.42 s),
+#   while the changed float32 summation order moved the main command's figures (A 0.9683 ->
+#   0.9673). tests/test_conv.py checks the form to second order in float64 with it set to 64.
 AMX_MIN_CHANNELS = 256
-GEMM_MAX_PIXELS = 64
+GEMM_MAX_PIXELS = 0
 
 
 def _acc(dtype):
@@ -177,8 +180,8 @@ def _conv2d_s1_fwd(x, weight, pads):
 def _weight_grad(xp, dy, kh, kw):
   """dw[i, j] = xp[:, i:, j:]^T dy over (b, h, w), the contraction flattened to 2-D GEMMs.
 
-  bf16 on the AMX path or a small output (<= GEMM_MAX_PIXELS pixels): one GEMM of the image
-  patches [kh*kw*Cin, B*H*W] (built from the channel-first input, so that the GEMM's operands are
+  bf16 on the AMX path, or a small output (<= GEMM_MAX_PIXELS pixels; off by default): one GEMM of
+  the image patches [kh*kw*Cin, B*H*W] (built from the channel-first input, so that the GEMM's operands are
   in the row-major layout XLA:CPU's bf16 kernels take) with dy [B*H*W, Cout]. Otherwise one GEMM
   per tap (XLA:CPU runs the same contraction over three separate dims at under half the speed,
   and its weight-gradient conv at a third)."""
