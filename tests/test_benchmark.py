@@ -1,10 +1,10 @@
 """Smoke tests of experiments.benchmark (no timing assertions) and its analytic FLOP counts."""
 import os
-import subprocess
 import sys
 
 import pytest
 
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env
 
 
@@ -28,10 +28,10 @@ def test_iteration_flops_match_spec_estimate():
 
 
 def test_iteration_tiny_runs_and_prints_ratio():
-  proc = subprocess.run(
+  proc = cli_runner.run(
       [sys.executable, "-m", "experiments.benchmark", "--what=iteration", "--config=tiny",
        "--repeats=1", "--torch_threads=1", "--torch_modconv=fused,nonfused_depthwise"],
-      cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=1800)
+      cwd=ROOT, env=cli_env(devices=1), timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = proc.stdout
   assert "iteration: config tiny" in out and "emulated devices" in out, out
@@ -46,9 +46,8 @@ def test_iteration_tiny_runs_and_prints_ratio():
                                           ("--config=nope", "--config=nope is unknown"),
                                           ("--torch_threads=x", "--torch_threads")])
 def test_bad_flags_exit_with_one_line(flag, message):
-  proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", flag], cwd=ROOT,
-                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                        timeout=120)
+  proc = cli_runner.run([sys.executable, "-m", "experiments.benchmark", flag], cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.startswith("benchmark: error:")]
   assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -6,12 +6,12 @@ generators and an alpha export made for the second one.
 """
 import json
 import os
-import subprocess
 import sys
 
 import jax
 import pytest
 
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env, make_generator_dir
 
 
@@ -35,8 +35,8 @@ def world(tmp_path_factory):
 
 
 def _run(prog, *args):
-  return subprocess.run([sys.executable, "-m", f"experiments.{prog}", *args], cwd=ROOT,
-                        env=cli_env(devices=1), capture_output=True, text=True, timeout=600)
+  return cli_runner.run([sys.executable, "-m", f"experiments.{prog}", *args], cwd=ROOT,
+                        env=cli_env(devices=1), timeout=600)
 
 
 def _one_error(r, prog) -> str:

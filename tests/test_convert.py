@@ -18,6 +18,7 @@ from l4f_jax.system.weights import (WeightsError, generator_from_config, load_we
                                     save_weights)
 from l4f_jax.reference import torch_labels4free as ref_l4f
 from l4f_jax.reference import torch_stylegan2 as ref
+from tests import cli_runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(channel_base=512, channel_max=16, style_dim=16, n_mlp=2)  # 32 px, 16 -> 16 channels
@@ -333,8 +334,8 @@ def test_alpha_only_size_inference():
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "experiments.convert", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return cli_runner.run([sys.executable, "-m", "experiments.convert", *args], cwd=ROOT, env=env,
+                        timeout=300)
 
 
 def test_cli_reports_what_it_found_and_fails_in_one_line(tmp_path, tiny_g):

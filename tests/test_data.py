@@ -1,6 +1,5 @@
 """Data preparation, the deterministic loader, picture helpers and the l4f_shapes dataset."""
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -10,6 +9,7 @@ from PIL import Image
 from l4f_jax.datasets import image_folder, shapes
 from l4f_jax.io import images
 from l4f_jax.system import data
+from tests import cli_runner
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,10 +85,10 @@ def test_prepare_errors(tmp_path):
 
 def test_cli_empty_folder_one_line(tmp_path):
   os.makedirs(tmp_path / "empty")
-  proc = subprocess.run(
+  proc = cli_runner.run(
       [sys.executable, "-m", "experiments.prepare_data", f"--src={tmp_path / 'empty'}",
        "--name=x", "--size=16", f"--data_dir={tmp_path / 'out'}"],
-      cwd=_REPO, capture_output=True, text=True, timeout=120)
+      cwd=_REPO, timeout=120)
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "--src" in lines[0] and "Traceback" not in proc.stderr

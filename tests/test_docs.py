@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env, make_generator_dir
 
 DOCS = [pathlib.Path(ROOT, "README.md"), pathlib.Path(ROOT, "WORKSPACE.md"),
@@ -59,8 +60,7 @@ COMMANDS = _commands()
 
 def _parse(argv: list[str]) -> subprocess.CompletedProcess:
   env = dict(cli_env(devices=1), L4F_PARSE_ONLY="1")
-  return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return cli_runner.run([sys.executable, "-m", *argv], cwd=ROOT, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

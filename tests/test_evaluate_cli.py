@@ -2,10 +2,11 @@
 predictions) reproduces the official script's per-class numbers (RameenAbdal/Labels4Free README, custom_dataset table)."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+from tests import cli_runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASKS = os.path.join(ROOT, "tests", "data", "l4f_custom_masks")
@@ -22,8 +23,8 @@ EXPECTED = {
 
 def _run(*args):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return cli_runner.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=ROOT, env=env,
+                        timeout=300)
 
 
 def test_custom_masks_per_class(tmp_path):

@@ -44,6 +44,7 @@ import pytest
 from PIL import Image
 
 from l4f_jax.errors import MAX_LINE
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env
 
 ASSET = os.path.join(ROOT, "experiments", "assets", "shapes64")
@@ -1089,9 +1090,10 @@ def _no_torch_path(tmp: str) -> str:
 
 def _run(argv: list[str], no_torch: str = "") -> subprocess.CompletedProcess:
   env = cli_env(devices=1)
-  if no_torch:
+  if no_torch:  # a fresh interpreter: the fake torch must come first on its import path
     env["PYTHONPATH"] = f"{no_torch}{os.pathsep}{env['PYTHONPATH']}"
-  return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+  return cli_runner.run(argv, cwd=ROOT, env=env, timeout=TIMEOUT)
 
 
 def _selected(request) -> list[str]:

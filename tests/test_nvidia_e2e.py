@@ -3,12 +3,12 @@ convert the committed 32 px stylegan2-ada-pytorch fixture (no torch needed), tra
 iterations with D started from the snapshot's D, write pairs, train a student, segment images."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 from PIL import Image
 
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env
 
 TIMEOUT = 600
@@ -16,8 +16,7 @@ SNAPSHOT = os.path.join(ROOT, "tests", "data", "nvidia", "ada_map8_32.pkl")
 
 
 def _run(*args):
-  out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=cli_env(1),
-                       capture_output=True, text=True, timeout=TIMEOUT)
+  out = cli_runner.run([sys.executable, "-m", *args], cwd=ROOT, env=cli_env(1), timeout=TIMEOUT)
   assert out.returncode == 0, (args[0], out.stderr[-4000:])
   return out.stdout
 

@@ -2,9 +2,9 @@
 test split): every stage runs, eval.json holds both scores, and a re-run reuses the finished stages."""
 import json
 import os
-import subprocess
 import sys
 
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env, make_generator_dir
 
 TIMEOUT = 900
@@ -19,8 +19,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tmp_path):
          "--pairs_n=16", "--student_steps=4", "--student_batch=2", "--student_width=4",
          "--student_depth=2", "--student_max_width=8", f"--real_test={tmp_path}/real",
          "--real_test_n=6"]
-  out = subprocess.run(cmd, cwd=ROOT, env=cli_env(2), capture_output=True, text=True,
-                       timeout=TIMEOUT)
+  out = cli_runner.run(cmd, cwd=ROOT, env=cli_env(2), timeout=TIMEOUT)
   assert out.returncode == 0, out.stderr[-4000:]
   with open(workdir / "eval.json") as f:
     ev = json.load(f)
@@ -32,8 +31,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tmp_path):
   assert len(os.listdir(workdir / "real_test" / "masks")) == 6
   assert (workdir / "real_test_errors.png").exists()
   pairs_json = (workdir / "pairs" / "pairs.json").stat().st_mtime_ns
-  again = subprocess.run(cmd, cwd=ROOT, env=cli_env(2), capture_output=True, text=True,
-                         timeout=TIMEOUT)
+  again = cli_runner.run(cmd, cwd=ROOT, env=cli_env(2), timeout=TIMEOUT)
   assert again.returncode == 0, again.stderr[-4000:]
   assert (workdir / "pairs" / "pairs.json").stat().st_mtime_ns == pairs_json  # pairs reused
   with open(workdir / "eval.json") as f:

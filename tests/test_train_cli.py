@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from l4f_jax.system.weights import load_weights
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env, make_dataset, make_generator_dir
 
 LAST = 40  # --iter: iterations 0 .. 40
@@ -35,8 +36,7 @@ def _cmd(world, workdir, *extra):
 
 
 def _run(cmd):
-  out = subprocess.run(cmd, cwd=ROOT, env=cli_env(4), capture_output=True, text=True,
-                       timeout=TIMEOUT)
+  out = cli_runner.run(cmd, cwd=ROOT, env=cli_env(4), timeout=TIMEOUT)
   assert out.returncode == 0, out.stderr[-4000:]
   return out
 
