@@ -789,6 +789,11 @@ CASES = {
         "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
                    "--out={tmp}/out", "--lr=nan"), says=("--lr=nan must be a finite number",),
         setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
+    "invert_process_id_alone": Case(
+        "invert", ("--generator={other}", "--alpha={alpha_other}", "--images={tmp}/imgs",
+                   "--out={tmp}/out", "--process_id=1"),
+        says=("--coordinator_address, --num_processes and --process_id go together",),
+        setup=_images("imgs", ("rgb",)), absent=("{tmp}/out",)),
     "invert_alpha_for_another_generator": Case(
         "invert", ("--generator={gen}", "--alpha={alpha_other}", "--images={tmp}/imgs",
                    "--out={tmp}/out"), says=("--alpha=", "trained on a generator with other"),

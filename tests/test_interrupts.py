@@ -264,6 +264,9 @@ def test_invert_interrupted_then_resumed(world):
       b = open(os.path.join(out, sub, f"{i}.{ext}"), "rb").read()
       assert a == b, (sub, i)
   assert json.load(open(os.path.join(ref, "metrics.json")))["psnr"] == summary["psnr"]
+  # The grid rows of the images done before the signal were staged: the same grid.
+  assert open(os.path.join(ref, "grid.png"), "rb").read() == \
+      open(os.path.join(out, "grid.png"), "rb").read()
 
 
 def test_edit_interrupted_leaves_nothing(world):

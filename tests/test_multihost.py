@@ -126,3 +126,80 @@ def test_segment_two_processes_write_one_out(world):
         f"{max(diffs)}")
   assert max(diffs) == 0   # per-image predictions do not depend on who computes them
   assert (multi / "contact_sheet.png").read_bytes() == (single / "contact_sheet.png").read_bytes()
+
+
+def test_invert_two_processes_write_one_out(world):
+  """`experiments.invert` under jax.distributed: each process inverts its share into one staging
+  folder; --out appears once and holds what one process writes. A killed one-process run is
+  resumed by two processes, again to the same bytes."""
+  import json
+  import signal
+  from PIL import Image
+  from l4f_jax.io import files
+  from tests.tiny_world import make_alpha_dir
+  base = world["base"]
+  alpha = make_alpha_dir(str(base / "inv_alpha"), world["g"])
+  photos = base / "inv_photos"
+  photos.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(30):
+    Image.fromarray(rng.integers(0, 256, (12 + i % 7, 20, 3), np.uint8)).save(photos / f"{i}.png")
+  (photos / "5.png").write_bytes(b"not a png")
+
+  def run(devices, extra, out):
+    cmd = [sys.executable, "-m", "experiments.invert", f"--generator={world['g']}",
+           f"--alpha={alpha}", f"--images={photos}", f"--out={out}", "--batch=1", "--steps=10",
+           "--sheet_items=6", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(devices), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+  def two_processes(out):
+    port = _free_port()
+    return _finish([run(1, [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                            f"--process_id={k}"], out) for k in range(2)])
+
+  multi, single, resumed = base / "inv_two", base / "inv_one", base / "inv_resumed"
+  outs = two_processes(multi)
+  assert "inverted 29 image(s), skipped 1" in outs[0]
+  assert "inverted" not in outs[1]          # process 1 prints nothing of its own
+  _finish([run(2, [], single)])
+  # A one-process run killed (-9) once some images are done leaves its staging folder.
+  proc = run(1, [], resumed)
+  t0 = time.time()
+  while not [e for s in _staged(base, resumed) for e in files.read_journal(s)]:
+    assert proc.poll() is None and time.time() - t0 < TIMEOUT, "the run ended before the kill"
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  (left,) = _staged(base, resumed)
+  journal = files.read_journal(left)
+  done_before = sum("skipped" not in e for e in journal)
+  assert 0 < done_before < 29
+  outs = two_processes(resumed)
+  assert f"{len(journal)} input(s) already done" in outs[0], outs[0][-3000:]
+  assert not [n for n in os.listdir(base) if ".inv_" in n and ".tmp-" in n]
+
+  timing = ("seconds_per_image", "images_per_second", "compile_seconds", "resumed", "processes")
+  ref = json.load(open(single / "metrics.json"))
+  assert ref["processes"] == 1 and ref["devices"] == 2 and ref["resumed"] == 0
+  assert set(ref["psnr"]) == {str(i) for i in range(30) if i != 5}
+  assert [x["file"] for x in ref["skipped_files"]] == [str(photos / "5.png")]
+  for out in (multi, resumed):
+    s = json.load(open(out / "metrics.json"))
+    assert s["processes"] == 2 and s["devices"] == 2
+    assert s["resumed"] == (done_before if out == resumed else 0)
+    strip = lambda d: {k: v for k, v in d.items() if k not in timing and k != "config"}
+    assert strip(s) == strip(ref)
+    assert {**s["config"], "out": ""} == {**ref["config"], "out": ""}
+    for sub in ("masks", "alpha", "recon", "latents", "noise"):
+      names = sorted(os.listdir(single / sub))
+      assert sorted(os.listdir(out / sub)) == names and len(names) == 29, sub
+      for name in names:   # each image's inversion depends only on its index
+        assert (out / sub / name).read_bytes() == (single / sub / name).read_bytes(), (sub, name)
+    assert (out / "grid.png").read_bytes() == (single / "grid.png").read_bytes()
+  print(f"invert, 2 processes x 1 device (fresh, and resuming a killed run after {done_before} "
+        "images) vs 1 process x 2 devices: identical bytes")
+
+
+def _staged(base, out) -> list:
+  return [str(p) for p in base.glob(f".{out.name}.tmp-*")]

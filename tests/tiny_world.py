@@ -72,3 +72,14 @@ def make_segmenter_dir(path: str, size: int = 16, seed: int = 0, **config) -> st
   save_weights(path, {"kind": SEGMENTER_KIND, "size": size, "arch": to_dict(arch),
                       "threshold": 0.5, **config}, {"segmenter": params})
   return path
+
+
+def make_alpha_dir(path: str, generator_dir: str, seed: int = 0) -> str:
+  """A freshly initialised alpha network for the generator at `generator_dir`, exported as training
+  exports it (with the generator's identity); returns `path`."""
+  from l4f_jax.models.alpha import AlphaNetwork
+  from l4f_jax.system import training, weights
+  gen = weights.load_generator(generator_dir)
+  params = training.init_alpha(AlphaNetwork(gen.size), gen.module, jax.random.key(seed))
+  return weights.save_weights(path, {"size": gen.size, "kind": "labels4free_alpha",
+                                     **gen.alpha_identity()}, {"alpha": params})

@@ -30,12 +30,23 @@ Outputs go to a staging folder next to `out`, renamed into place at the end (`fi
 `overwrite` and only when it is an earlier invert output. A killed or interrupted run leaves its
 staging folder with a journal of the images done: the same command resumes from it (each image's
 result depends only on its index, so a resumed run writes what an uninterrupted one would).
+
+Under jax.distributed (`experiments.invert` takes segment's --coordinator_address /
+--num_processes / --process_id) the run is shared as `programs.segment` shares it
+(`sharding.shared_staged`): process k inverts inputs k, k + N, ... on its own devices into the
+one staging folder, recording each image (PSNR, source, seconds) in a journal of its own and
+staging its grid row; metrics.json and grid.png are built by process 0 from the journals and rows
+of all processes, in input order, so they hold what one process writes (except the timings and
+"processes"), and process 0 renames the folder to `out` once every share is done. A killed run
+resumes with any number of processes (the journals say what is done, whoever did it).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +64,8 @@ from l4f_jax.system.weights import LoadedGenerator, fingerprint, load_alpha, loa
 SUMMARY = "metrics.json"
 OUTPUTS = ("masks", "alpha", "recon", "latents", "noise", "grid.png", SUMMARY)
 LOSSES = ("pixel", "d_features", "mse")
+GRID_DIR = ".grid"  # staged grid rows (one .npz per input shown), removed on commit
+GRID_COLUMNS = ("image", "recon", "alpha", "mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,38 +177,101 @@ def _write_one(tmp: str, stem: str, rgb, out: dict, k: int, threshold: float) ->
            **{f"n{j}": n[k].astype(np.float32) for j, n in enumerate(out["noise"])})
 
 
-def _resumed_row(tmp: str, path: str, stem: str, size: int, threshold: float, max_pixels: int):
-  """Grid row (input, recon, alpha, mask at G's size) of an image a killed run already inverted."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  x = image_io.to_model_input(image_io.read_rgb(path, max_pixels), size)
-  with Image.open(os.path.join(tmp, "recon", f"{stem}.png")) as r:
-    recon = np.asarray(r.convert("RGB"), np.float32) / 127.5 - 1.0
-  with Image.open(os.path.join(tmp, "alpha", f"{stem}.png")) as a:
-    alpha = image_io.alpha_to_original(np.asarray(a, np.float32) / 255.0, (size, size))[..., None]
-  return x, recon, alpha, masks.hard_mask(alpha, threshold)
+def _grid_row(tmp: str, k: int, x, out: dict, j: int, threshold: float) -> None:
+  """Stages input k's grid row (input, recon, alpha, mask at G's size) for `_write_grid`."""
+  os.makedirs(os.path.join(tmp, GRID_DIR), exist_ok=True)
+  a = out["alpha"][j]
+  np.savez(os.path.join(tmp, GRID_DIR, f"{k}.npz"), image=x, recon=out["recon"][j], alpha=a,
+           mask=masks.hard_mask(a, threshold))
 
 
-def _resume(st, paths, stems, cfg: InvertConfig, size: int, skipped, psnrs, rows,
-            sources) -> dict:
-  """Takes in what a killed run's journal says was done (its skips, PSNRs, sources and grid
-  rows); returns {absolute path: journal entry}."""
-  finished = {e["file"]: e for e in st.journal}
-  for k, (path, stem) in enumerate(zip(paths, stems)):
-    e = finished.get(os.path.abspath(path))
-    if e is None:
-      continue
-    if "skipped" in e:
-      skipped.append({"file": path, "reason": e["skipped"]})
-      continue
-    psnrs[stem] = e["psnr"]
-    sources[stem] = {"file": e["file"], "size": e.get("size")}
-    if k < cfg.sheet_items:
-      rows[k] = _resumed_row(st.path, path, stem, size, cfg.threshold, cfg.max_pixels)
-  return finished
+def _write_grid(tmp: str, n: int) -> None:
+  """grid.png from the staged rows of inputs 0..n-1 (whichever process inverted them, in this
+  run or a killed one); the rows are removed."""
+  rows = []
+  for k in range(n):
+    path = os.path.join(tmp, GRID_DIR, f"{k}.npz")
+    if os.path.exists(path):
+      with np.load(path) as r:
+        rows.append({key: r[key] for key in GRID_COLUMNS})
+  if rows:
+    images.save_grid(os.path.join(tmp, "grid.png"),
+                     {key: np.stack([r[key] for r in rows]) for key in GRID_COLUMNS})
+  shutil.rmtree(os.path.join(tmp, GRID_DIR), ignore_errors=True)
 
 
-def invert(cfg: InvertConfig) -> dict:
-  """Inverts every input (module docstring); returns the summary written to metrics.json."""
+def _skips(skipped: list) -> list[dict]:
+  return [{"file": os.path.abspath(x["file"]), "skipped": x["reason"]} for x in skipped]
+
+
+def _invert_share(st, run, cfg: InvertConfig, size: int, todo: list, step: int, n: int) -> float:
+  """Inverts `todo` (this process's share of the inputs that the journal does not list yet,
+  `sharding.process_share`) in programs of `step` images (padded with indices >= n, the number of
+  inputs); writes each image's outputs and grid row, then records it in the journal (PSNR, source,
+  its share of its program's seconds). Returns the compile seconds (0 with nothing to do)."""
+  if not todo:
+    return 0.0
+  t0 = time.perf_counter()
+  run.compile(step)
+  compile_s = time.perf_counter() - t0
+  skipped, recorded, done = [], 0, 0
+  progress = metrics_log.Progress(0, len(todo))
+  for chunk in image_io.read_batches(todo, step, cfg.max_pixels, skipped):
+    x = np.stack([image_io.to_model_input(c[3], size) for c in chunk])
+    x = np.concatenate([x, np.zeros((step - len(x),) + x.shape[1:], x.dtype)])
+    index = [c[0] for c in chunk] + list(range(n, n + step - len(chunk)))
+    t1 = time.perf_counter()
+    res = run(x, np.asarray(index))
+    seconds = time.perf_counter() - t1
+    if not all(np.all(np.isfinite(res[key][:len(chunk)])) for key in ("recon", "alpha")):
+      raise UserError(f"--generator={cfg.generator}: the inversion of {chunk[0][1]} is not "
+                      "finite; lower --lr, nothing was written")
+    entries = []
+    for j, (k, path, stem, rgb) in enumerate(chunk):
+      _write_one(st.path, stem, rgb, res, j, cfg.threshold)
+      if k < cfg.sheet_items:
+        _grid_row(st.path, k, x[j], res, j, cfg.threshold)
+      entries.append({"psnr": round(float(res["psnr"][j]), 3), "file": os.path.abspath(path),
+                      "size": [int(v) for v in rgb.shape[:2]], "seconds": seconds / len(chunk)})
+    st.record(entries + _skips(skipped[recorded:]))
+    recorded, done = len(skipped), done + len(chunk)
+    metrics_log.log_console(f"invert: {progress.line(done + recorded)}")
+  if skipped[recorded:]:
+    st.record(_skips(skipped[recorded:]))
+  return compile_s
+
+
+def _summary(cfg: InvertConfig, gen: LoadedGenerator, paths, stems, entries, resumed,
+             compile_s: float) -> dict:
+  """metrics.json from every input's journal entry (`sharding.gather_journal`, input order);
+  `resumed`: the files a killed run had inverted. Refuses a run where no image could be read."""
+  skipped = [{"file": p, "reason": e["skipped"]} for p, e in zip(paths, entries)
+             if e is not None and "skipped" in e]
+  done = [(s, e) for s, e in zip(stems, entries) if e is not None and "skipped" not in e]
+  if not done:
+    raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
+                    f"(e.g. {os.path.basename(skipped[0]['file'])}: --verbose says why); "
+                    "nothing was written", detail="\n".join(x["reason"] for x in skipped))
+  psnrs = {s: e["psnr"] for s, e in done}
+  new = [e for _, e in done if e["file"] not in resumed]
+  seconds = sum(e.get("seconds", 0.0) for e in new)
+  return {"inverted": len(done), "skipped": len(skipped), "skipped_files": skipped,
+          "psnr": psnrs, "psnr_mean": round(float(np.mean(list(psnrs.values()))), 3),
+          "seconds_per_image": seconds / max(len(new), 1),
+          # the processes invert their shares at the same time
+          "images_per_second": len(new) * jax.process_count() / max(seconds, 1e-9),
+          "resumed": len(done) - len(new), "compile_seconds": compile_s,
+          "devices": jax.device_count(), "processes": jax.process_count(),
+          "generator": os.path.abspath(cfg.generator), "generator_fingerprint": gen.fingerprint,
+          "alpha": os.path.abspath(cfg.alpha), "size": gen.size, "images": cfg.images,
+          "sources": {s: {"file": e["file"], "size": e.get("size")} for s, e in done},
+          "config": to_dict(cfg)}
+
+
+def invert(cfg: InvertConfig) -> Optional[dict]:
+  """Inverts every input (module docstring); returns the summary written to metrics.json (None on
+  the processes other than 0 of a multi-process run, which write their share of the outputs into
+  the same staging folder)."""
   out = files.check_output_dir(cfg.out, cfg.overwrite, program="invert", summary=SUMMARY,
                                owned=OUTPUTS, inputs=image_io.input_roots(cfg.images))
   paths = image_io.list_inputs(cfg.images)
@@ -205,70 +281,25 @@ def invert(cfg: InvertConfig) -> dict:
   alpha_params = load_alpha(cfg.alpha, gen)
   root = cfg.images if os.path.isdir(cfg.images) else None
   stems = image_io.output_stems(paths, root)
-  mesh = sharding.make_mesh(len(jax.local_devices()))
+  mesh = sharding.local_mesh()   # each process of a multi-process run inverts its own share
   step = cfg.batch * mesh.devices.size
   run = inverter(gen, alpha_params, cfg, mesh)
   settings = {"generator": gen.fingerprint, "alpha": fingerprint(alpha_params),
               "config": {k: v for k, v in to_dict(cfg).items()
                          if k not in ("out", "overwrite", "sheet_items", "batch")},
-              "inputs": image_io.input_signature(paths, stems)}
-  skipped, rows, psnrs, sources, seconds, compile_s, n_new = [], {}, {}, {}, 0.0, 0.0, 0
-  progress = metrics_log.Progress(0, len(paths))
-  with files.staged(out, program="invert", settings=settings, resumable=True) as st:
-    tmp = st.path
+              "inputs": image_io.input_signature(paths, stems),
+              "grid_rows": GRID_DIR}  # staged grid rows: an older staging folder is not resumed
+  with sharding.shared_staged(out, program="invert", settings=settings, resumable=True) as st:
     for d in ("masks", "alpha", "recon", "latents", "noise"):
-      os.makedirs(os.path.join(tmp, d), exist_ok=True)
-    finished = _resume(st, paths, stems, cfg, gen.size, skipped, psnrs, rows, sources)
-    todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
-            if os.path.abspath(p) not in finished]
-    if todo:
-      t0 = time.perf_counter()
-      run.compile(step)
-      compile_s = time.perf_counter() - t0
-    for chunk in image_io.read_batches(todo, step, cfg.max_pixels, skipped):
-      x = np.stack([image_io.to_model_input(c[3], gen.size) for c in chunk])
-      x = np.concatenate([x, np.zeros((step - len(x),) + x.shape[1:], x.dtype)])
-      index = [c[0] for c in chunk] + list(range(len(paths), len(paths) + step - len(chunk)))
-      t1 = time.perf_counter()
-      res = run(x, np.asarray(index))
-      seconds += time.perf_counter() - t1
-      if not all(np.all(np.isfinite(res[key][:len(chunk)])) for key in ("recon", "alpha")):
-        raise UserError(f"--generator={cfg.generator}: the inversion of {chunk[0][1]} is not "
-                        "finite; lower --lr, nothing was written")
-      entries = []
-      for j, (k, path, stem, rgb) in enumerate(chunk):
-        _write_one(tmp, stem, rgb, res, j, cfg.threshold)
-        psnrs[stem] = round(float(res["psnr"][j]), 3)
-        sources[stem] = {"file": os.path.abspath(path), "size": [int(v) for v in rgb.shape[:2]]}
-        entries.append({"psnr": psnrs[stem], **sources[stem]})
-        if k < cfg.sheet_items:
-          a = res["alpha"][j]
-          rows[k] = (x[j], res["recon"][j], a, masks.hard_mask(a, cfg.threshold))
-      entries += [{"file": os.path.abspath(e["file"]), "skipped": e["reason"]} for e in skipped
-                  if os.path.abspath(e["file"]) not in finished]
-      st.record(entries)
-      finished.update({e["file"]: e for e in entries})
-      n_new += len(chunk)
-      metrics_log.log_console(f"invert: {progress.line(len(psnrs) + len(skipped))}")
-    if not psnrs:
-      raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
-                      f"(e.g. {os.path.basename(skipped[0]['file'])}: --verbose says why); "
-                      "nothing was written", detail="\n".join(x["reason"] for x in skipped))
-    if rows:
-      cols = list(zip(*[rows[k] for k in sorted(rows)]))
-      images.save_grid(os.path.join(tmp, "grid.png"),
-                       {"image": np.stack(cols[0]), "recon": np.stack(cols[1]),
-                        "alpha": np.stack(cols[2]), "mask": np.stack(cols[3])})
-    n = len(psnrs)
-    summary = {"inverted": n, "skipped": len(skipped), "skipped_files": skipped,
-               "psnr": psnrs, "psnr_mean": round(float(np.mean(list(psnrs.values()))), 3),
-               "seconds_per_image": seconds / max(n_new, 1),
-               "images_per_second": n_new / max(seconds, 1e-9), "resumed": n - n_new,
-               "compile_seconds": compile_s, "devices": int(mesh.devices.size),
-               "generator": os.path.abspath(cfg.generator),
-               "generator_fingerprint": gen.fingerprint, "alpha": os.path.abspath(cfg.alpha),
-               "size": gen.size, "images": cfg.images, "sources": sources,
-               "config": to_dict(cfg)}
-    metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
-    st.commit()
-  return summary
+      os.makedirs(os.path.join(st.path, d), exist_ok=True)
+    resumed = {e["file"] for e in st.journal if "skipped" not in e}
+    compile_s = _invert_share(st, run, cfg, gen.size,
+                              sharding.process_share(paths, stems, st.journal), step, len(paths))
+    summary = _summary(cfg, gen, paths, stems, sharding.gather_journal(st, paths), resumed,
+                       compile_s)
+
+    def finish(tmp):
+      _write_grid(tmp, min(cfg.sheet_items, len(paths)))
+      metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
+    sharding.commit_shared(st, finish)
+  return summary if jax.process_index() == 0 else None

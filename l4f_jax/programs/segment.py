@@ -144,12 +144,9 @@ def _file_map(paths, stems, kinds, skipped) -> list[dict]:
   return out
 
 
-def _run_share(st, model, cfg, paths, stems, kinds, bgcolor, threshold, labels) -> None:
-  """Segments this process's share of the inputs (every process_count-th, from its index) that
-  the journal does not list yet, recording each batch's inputs and skipped files as done."""
-  finished = {e["file"] for e in st.journal}
-  todo = [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
-          if k % jax.process_count() == jax.process_index() and os.path.abspath(p) not in finished]
+def _run_share(st, model, cfg, todo, kinds, bgcolor, threshold, labels) -> None:
+  """Segments `todo` (this process's share of the inputs that the journal does not list yet,
+  `sharding.process_share`), recording each batch's inputs and skipped files as done."""
   skipped, recorded = [], 0
   progress = metrics_log.Progress(0, len(todo))
   done = 0
@@ -187,14 +184,12 @@ def segment(cfg: SegmentConfig) -> Optional[dict]:
               "inputs": image_io.input_signature(paths, stems)}
   labels = {k: _label(p, root) for k, p in enumerate(paths[:cfg.sheet_items])}
   with sharding.shared_staged(out, program="segment", settings=settings, resumable=True) as st:
-    _run_share(st, model, cfg, paths, stems, kinds, bgcolor, threshold, labels)
-    sharding.barrier("l4f_segment_outputs")
-    journal = {e["file"]: e for e in files.read_journal(st.path)}
-    given = {os.path.abspath(p): p for p in paths}
-    skipped = [{"file": given[f], "reason": e["skipped"]} for f, e in journal.items()
-               if "skipped" in e and f in given]
-    skipped.sort(key=lambda x: paths.index(x["file"]))
-    done = sum("skipped" not in e for f, e in journal.items() if f in given)
+    _run_share(st, model, cfg, sharding.process_share(paths, stems, st.journal), kinds, bgcolor,
+               threshold, labels)
+    entries = sharding.gather_journal(st, paths)
+    skipped = [{"file": p, "reason": e["skipped"]} for p, e in zip(paths, entries)
+               if e is not None and "skipped" in e]
+    done = sum(e is not None and "skipped" not in e for e in entries)
     if done == 0:
       raise UserError(f"--images={cfg.images}: none of the {len(paths)} image(s) could be read "
                       f"(e.g. {os.path.basename(skipped[0]['file'])}: --verbose says why); "
@@ -204,9 +199,9 @@ def segment(cfg: SegmentConfig) -> Optional[dict]:
                "fit": cfg.fit, "outputs": list(kinds), "bgcolor": bgcolor,
                "segmenter": os.path.abspath(cfg.segmenter), "size": model.size,
                "images": cfg.images, "processes": jax.process_count()}
-    if jax.process_index() == 0:
-      _write_sheet(st.path, labels)
-      metrics_log.write_json(os.path.join(st.path, SUMMARY), summary)
-      st.commit()
-  sharding.barrier("l4f_segment_committed")
+
+    def finish(tmp):
+      _write_sheet(tmp, labels)
+      metrics_log.write_json(os.path.join(tmp, SUMMARY), summary)
+    sharding.commit_shared(st, finish)
   return summary if jax.process_index() == 0 else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -70,8 +70,16 @@ def shared_staged(dst: str, *, program: str, settings=None, resumable: bool = Fa
   """`files.staged` for all processes of a run on a shared file system: process 0 makes (or
   resumes) the staging folder, removes it on failure and commits it; every other process writes
   its own outputs into the same folder and records them in its own journal
-  (`files.Staging(process=k)`). The caller waits (`barrier`) for every process's outputs before
-  process 0 commits, so `dst` appears complete or not at all."""
+  (`files.Staging(process=k)`). The per-input programs (segment, invert) use it as
+
+    with shared_staged(out, program=..., settings=..., resumable=True) as st:
+      for k, path, stem in process_share(paths, stems, st.journal): ... st.record([...])
+      entries = gather_journal(st, paths)     # waits for every process's share
+      ... the summary, from `entries` (the same on every process) ...
+      commit_shared(st, finish)               # process 0: finish(st.path), then commit
+
+  so `dst` appears complete or not at all. Every process leaves the block only once process 0 has
+  committed (a barrier); an error leaves it at once."""
   if jax.process_index() == 0:
     with files.staged(dst, program=program, settings=settings, resumable=resumable) as st:
       broadcast_text(st.path)
@@ -80,6 +88,34 @@ def shared_staged(dst: str, *, program: str, settings=None, resumable: bool = Fa
     path = broadcast_text("")
     yield files.Staging(path, os.path.abspath(dst), resumable, process=jax.process_index(),
                         sweep=False)
+  barrier(f"l4f_{program}_committed")
+
+
+def process_share(paths: Sequence[str], stems: Sequence[str],
+                  journal: Iterable[dict] = ()) -> list[tuple[int, str, str]]:
+  """(k, path, stem) of the inputs this process handles: every process_count-th, from its
+  process_index (all of them with one process), less those a killed run's `journal` lists."""
+  done = {e.get("file") for e in journal}
+  n, me = jax.process_count(), jax.process_index()
+  return [(k, p, s) for k, (p, s) in enumerate(zip(paths, stems))
+          if k % n == me and os.path.abspath(p) not in done]
+
+
+def gather_journal(st: files.Staging, paths: Sequence[str]) -> list[Optional[dict]]:
+  """Waits for every process's share (a barrier), then returns each input's journal entry (of any
+  process, this run's or a killed run's) in input order; None for an input nobody recorded."""
+  barrier("l4f_shared_outputs")
+  by_file = {e.get("file"): e for e in files.read_journal(st.path)}
+  return [by_file.get(os.path.abspath(p)) for p in paths]
+
+
+def commit_shared(st: files.Staging, finish: Optional[Callable[[str], None]] = None) -> None:
+  """Process 0 calls `finish(st.path)` (the summary and other whole-run outputs) and renames the
+  staging folder into place; the other processes do nothing (`shared_staged` waits for it)."""
+  if jax.process_index() == 0:
+    if finish is not None:
+      finish(st.path)
+    st.commit()
 
 
 def local_mesh() -> Mesh:
