@@ -200,8 +200,10 @@ def run_case(case):
 
 
 def _run_worker(case, timeout=900):
+  from tests.tiny_world import FAST_XLA  # cheap compiles, as every test's (conftest.py)
   env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={case.get('shard_devices', 1)}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={case.get('shard_devices', 1)} "
+                       f"{FAST_XLA}")
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(case)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=timeout)
   if proc.returncode:
