@@ -57,6 +57,7 @@ def test_model_json_records_conventions_and_provenance(exported):
   seg = weights.load_segmenter(exported["seg"])
   assert (meta["size"], meta["threshold"], meta["jax_version"]) == (16, 0.5, jax.__version__)
   assert meta["input"]["dtype"] == "uint8" and meta["input"]["shape"] == ["B", "S", "S", 3]
+  assert meta["onnx"] is None and not os.path.exists(os.path.join(exported["art"], "model.onnx"))
   prov = meta["provenance"]
   assert {k: prov[k] for k in PROVENANCE} == PROVENANCE
   assert prov["segmenter_fingerprint"] == weights.fingerprint(seg.params)
@@ -126,6 +127,10 @@ def test_the_loader_refuses_what_it_must_not_run(exported):
     artifact.load_artifact(_copy(exported, "v2", _set_meta(version=2)))
   with pytest.raises(UserError, match="holds an earlier export_segmenter output; pass --overwrite"):
     export(resolve(ExportConfig, segmenter=exported["seg"], out=exported["art"]))
+  # an earlier --onnx export (model.onnx is export_segmenter's) is replaced whole by --overwrite
+  stale = _copy(exported, "with_onnx", lambda d: (d / "model.onnx").write_bytes(b"old"))
+  export(resolve(ExportConfig, segmenter=exported["seg"], out=stale, overwrite=True))
+  assert sorted(os.listdir(stale)) == ["model.jax", "model.json"]
 
 
 def test_the_python_api_refuses_a_generator_and_an_unknown_fit(exported):

@@ -14,7 +14,8 @@ Faults of the machine run for real, as root too (CI runs as root):
   permission bits bind it as they bind any user;
 - a full disk (`disk_kib=K`): a tmpfs of K KiB mounted at {tmp}/full when the tests may mount
   (root), else `ulimit -f K` (writes beyond K KiB fail with EFBIG); `DISK_FULL` records which;
-- no PyTorch (`no_torch=True`): a `torch` package that fails to import comes first on PYTHONPATH.
+- no PyTorch (`no_torch=True`): a `torch` package that fails to import comes first on PYTHONPATH;
+  `hide=(...)` does the same for other packages (e.g. jax2onnx, which CI does not install anyway).
 Every error line must fit in errors.MAX_LINE characters once the case's folders are shown as
 16-character paths (a user's paths are the user's; the rest of the line is ours).
 
@@ -428,6 +429,7 @@ class Case:
   disk_kib: int = 0         # {tmp}/full holds this many KiB (tmpfs, else ulimit -f)
   readonly: bool = False    # run without CAP_DAC_OVERRIDE when root
   no_torch: bool = False    # torch fails to import
+  hide: tuple = ()          # further packages that fail to import
   xfail: str = ""           # reason, for cases that wait for a fix outside this module's reach
 
 
@@ -757,6 +759,10 @@ CASES = {
         "export_segmenter", ("--segmenter={tmp}/s", "--out={tmp}/s", "--overwrite"),
         says=("is also the input --segmenter",), setup=_copy_weights("seg", "s"),
         keep=("{tmp}/s",)),
+    "export_segmenter_onnx_without_jax2onnx": Case(
+        "export_segmenter", ("--segmenter={seg}", "--out={tmp}/out", "--onnx"),
+        says=("--onnx needs jax2onnx", "pip install -r requirements-onnx.txt"),
+        hide=("jax2onnx",), absent=("{tmp}/out",)),
     # -------------------------------------------------------------- serve
     "serve_port_in_use": Case(
         "serve", ("--segmenter={seg}", "--flagfile={tmp}/port.flags"),
@@ -1085,12 +1091,15 @@ def _command(case: Case, paths: dict, fsize_kib: int) -> list[str]:
   return argv
 
 
-def _no_torch_path(tmp: str) -> str:
-  d = os.path.join(tmp, ".no_torch", "torch")
-  os.makedirs(d)
-  with open(os.path.join(d, "__init__.py"), "w") as f:
-    f.write('raise ModuleNotFoundError("No module named \'torch\'", name="torch")\n')
-  return os.path.dirname(d)
+def _no_torch_path(tmp: str, names=("torch",)) -> str:
+  """A folder of packages `names` that fail to import, for the front of PYTHONPATH."""
+  root = os.path.join(tmp, ".no_torch")
+  for name in names:
+    d = os.path.join(root, name)
+    os.makedirs(d)
+    with open(os.path.join(d, "__init__.py"), "w") as f:
+      f.write(f'raise ModuleNotFoundError("No module named {name!r}", name={name!r})\n')
+  return root
 
 
 def _run(argv: list[str], no_torch: str = "") -> subprocess.CompletedProcess:
@@ -1128,7 +1137,8 @@ def outcomes(request, world, tmp_path_factory):
       continue
     o.before = {p.format(**paths): _digest(p.format(**paths)) for p in case.keep}
     fsize = case.fsize_kib or (_limit_disk(name, tmp, case.disk_kib) if case.disk_kib else 0)
-    jobs[name] = (_command(case, paths, fsize), _no_torch_path(tmp) if case.no_torch else "")
+    hidden = ("torch",) * case.no_torch + case.hide
+    jobs[name] = (_command(case, paths, fsize), _no_torch_path(tmp, hidden) if hidden else "")
   try:
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
       futures = {name: pool.submit(_run, *job) for name, job in jobs.items()}

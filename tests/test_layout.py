@@ -51,6 +51,24 @@ def test_reference_modules_are_used_only_by_tests_and_the_benchmark():
   assert not offenders, f"torch / reference imports outside the allowed modules: {offenders}"
 
 
+def test_onnx_stays_an_optional_extra():
+  """jax2onnx / onnxruntime / onnx (requirements-onnx.txt) are imported only inside a function of
+  system/artifact.py, so that everything else runs without them."""
+  root = TESTS.parent
+  offenders = {}
+  for p in sorted((root / "l4f_jax").rglob("*.py")) + sorted((root / "experiments").rglob("*.py")):
+    tree = ast.parse(p.read_text(), str(p))
+    inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(f)}
+    for node in ast.walk(tree):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+      if any(n.split(".")[0] in ("jax2onnx", "onnxruntime", "onnx", "onnx_ir") for n in names):
+        if str(p.relative_to(root)) != "l4f_jax/system/artifact.py" or id(node) not in inner:
+          offenders.setdefault(str(p.relative_to(root)), []).extend(names)
+  assert not offenders, f"ONNX imports outside system/artifact.py's functions: {offenders}"
+
+
 PARTS = ["ops", "models", "method", "io", "datasets", "system", "programs"]
 BASE = ("config.py", "errors.py", "hardening.py", "__init__.py")
 

@@ -8,6 +8,12 @@
                      version and serialization version, the sha256 of model.jax, and provenance:
                      the generator's and A's fingerprints, the student's fingerprint, architecture
                      and training config, the segmenter directory it came from
+  <out>/model.onnx   only with --onnx (optional: pip install -r requirements-onnx.txt): the same
+                     function converted by jax2onnx, input "images" uint8 [B, S, S, 3], output
+                     "alpha" float32 [B, S, S], B dynamic, opset ONNX_OPSET; model.json's "onnx"
+                     records its opset, sha256, the jax2onnx and onnxruntime versions and the
+                     largest difference to the student that onnxruntime gave on a check batch
+                     (the export is refused above ONNX_CHECK_ATOL); "onnx" is null without --onnx
 
 It runs with `jax.export.deserialize` and nothing from this package (docs/segmentation.md shows
 how). `f` is `method.student.alpha_from_uint8`, the function every in-process caller runs, so the
@@ -21,9 +27,13 @@ model.jax that does not match its recorded digest, and one that jax cannot deser
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import functools
 import hashlib
+import importlib.metadata
+import io
 import json
+import logging
 import os
 from typing import Any, Optional
 
@@ -41,6 +51,15 @@ VERSION = 1
 MODEL_FILE = "model.jax"
 META_FILE = "model.json"
 PLATFORMS = ("cpu", "cuda", "tpu")
+ONNX_FILE = "model.onnx"
+# GroupNormalization has its current definition (scale and bias per channel) since opset 21; the
+# other operators the student needs are older. onnxruntime runs opset 21 since release 1.20.
+ONNX_OPSET = 21
+ONNX_HINT = "pip install -r requirements-onnx.txt"
+# Refusal threshold of the export-time check: onnxruntime's alpha differs from jax's by float32
+# rounding of reordered sums (5.5e-6 for the built-in world's student, docs/segmentation.md); a
+# wrong conversion (a mistranslated operator or layout) is off by far more.
+ONNX_CHECK_ATOL = 1e-4
 EXPORT_HINT = "export it again with python -m experiments.export_segmenter"
 INPUT = {"dtype": "uint8", "shape": ["B", "S", "S", 3], "layout": "NHWC", "channels": "RGB",
          "range": [0, 255], "colour": "sRGB as stored; no normalisation needed (the artifact maps "
@@ -98,22 +117,82 @@ def serialize_student(seg: weights.LoadedSegmenter, platforms=PLATFORMS) -> byte
     raise UserError(f"cannot serialize the artifact: {e}; pip install -r requirements.txt") from None
 
 
+def onnx_modules():
+  """(jax2onnx, onnxruntime), imported only when --onnx asks for them (requirements-onnx.txt)."""
+  try:
+    import jax2onnx  # pylint: disable=import-outside-toplevel
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(f"--onnx needs jax2onnx and onnxruntime, which are not installed; "
+                    f"{ONNX_HINT} (or export without --onnx)", detail=str(e)) from None
+  return jax2onnx, onnxruntime
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+  """Errors only from `loggers`, and no stdout: jax2onnx 0.13 logs, with tracebacks, each of its
+  plugins for other libraries that fails to import, and prints debug lines; onnx_ir warns about
+  every shape tensor it cannot type. None of it concerns the student."""
+  saved = [(lg, lg.level) for lg in map(logging.getLogger, loggers)]
+  for lg, _ in saved:
+    lg.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    for lg, level in saved:
+      lg.setLevel(level)
+
+
+def onnx_student(seg: weights.LoadedSegmenter, modules=None) -> tuple[bytes, dict]:
+  """(model.onnx bytes, its model.json entry): `alpha_from_uint8` with the student's weights
+  converted by jax2onnx, batch dynamic, then run by onnxruntime (CPU) on a check batch of 2 and
+  compared with jax; refused (one line) beyond ONNX_CHECK_ATOL or when not finite."""
+  jax2onnx, ort = modules or onnx_modules()
+  params = jax.tree.map(np.asarray, seg.params)
+  fn = lambda x: student_lib.alpha_from_uint8(params, x, model=seg.module)
+  b, = jax.export.symbolic_shape("B")
+  spec = jax.ShapeDtypeStruct((b, seg.size, seg.size, 3), jnp.uint8)
+  with _quiet("jax2onnx", "onnx_ir"):
+    proto = jax2onnx.to_onnx(fn, [spec], model_name="l4f_segmenter", opset=ONNX_OPSET,
+                             input_names=["images"], output_names=["alpha"])
+  blob = proto.SerializeToString()
+  x = np.random.default_rng(0).integers(0, 256, (2, seg.size, seg.size, 3), dtype=np.uint8)
+  got = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+  want = np.asarray(jax.jit(fn)(x))
+  diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+  if not diff <= ONNX_CHECK_ATOL:  # also NaN
+    raise UserError(f"--onnx: onnxruntime's alpha differs from the student's by {diff:.3g} "
+                    f"(> {ONNX_CHECK_ATOL}) on a check batch; the conversion is wrong, use "
+                    f"model.jax")
+  return blob, {"file": ONNX_FILE, "opset": ONNX_OPSET, "input": "images", "output": "alpha",
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "jax2onnx_version": importlib.metadata.version("jax2onnx"),
+                "onnxruntime_version": ort.__version__, "check_max_abs_diff": diff}
+
+
 def export_segmenter(seg: weights.LoadedSegmenter, out: str, overwrite: bool = False,
-                     default_fit: str = "pad") -> dict:
-  """Writes <out>/model.jax and <out>/model.json (module docstring) atomically; returns the
-  description. `out` is checked like every program output (`files.check_output_dir`)."""
+                     default_fit: str = "pad", onnx: bool = False) -> dict:
+  """Writes <out>/model.jax, <out>/model.json and with `onnx` <out>/model.onnx (module docstring)
+  atomically; returns the description. `out` is checked like every program output
+  (`files.check_output_dir`), and jax2onnx's presence before that."""
+  modules = onnx_modules() if onnx else None
   out = files.check_output_dir(out, overwrite, program="export_segmenter", summary=META_FILE,
-                               owned=(MODEL_FILE, META_FILE),
+                               owned=(MODEL_FILE, META_FILE, ONNX_FILE),
                                inputs=[("--segmenter", seg.path)])
   blob = serialize_student(seg)
+  onnx_blob, onnx_meta = onnx_student(seg, modules) if onnx else (None, None)
   meta = {"format": FORMAT, "version": VERSION, "size": seg.size, "threshold": seg.threshold,
           "input": INPUT, "output": OUTPUT, "fit": default_fit, "platforms": list(PLATFORMS),
           "jax_version": jax.__version__,
           "serialization_version": jax.export.deserialize(blob).calling_convention_version,
-          "model_sha256": hashlib.sha256(blob).hexdigest(), "provenance": provenance(seg)}
+          "model_sha256": hashlib.sha256(blob).hexdigest(), "onnx": onnx_meta,
+          "provenance": provenance(seg)}
   with files.staged(out, program="export_segmenter") as st:
-    files.atomic_write(os.path.join(st.path, MODEL_FILE),
-                       lambda tmp: open(tmp, "wb").write(blob))
+    for name, data in ((MODEL_FILE, blob), (ONNX_FILE, onnx_blob)):
+      if data is not None:
+        files.atomic_write(os.path.join(st.path, name),
+                           lambda tmp, data=data: open(tmp, "wb").write(data))
     metrics_log.write_json(os.path.join(st.path, META_FILE), meta)
     st.commit()
   return meta
