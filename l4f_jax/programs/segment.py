@@ -53,9 +53,7 @@ SHEET_DIR = ".sheet"  # staged contact-sheet rows (one PNG per input shown), rem
 
 @dataclasses.dataclass(frozen=True)
 class SegmentConfig:
-  segmenter: str = option("workspace/runs/shapes/segmenter", "Segmenter export "
-                          "(python -m experiments.train_student) or an exported artifact "
-                          "(python -m experiments.export_segmenter).", nonempty=True)
+  segmenter: str = segmentation.segmenter_option()
   images: str = option("", "A folder of images (searched recursively), one image file, or "
                        "comma-separated files.", nonempty=True)
   out: str = option("", "Output directory (masks/, alpha/, cutout/, contact_sheet.png, "
@@ -69,8 +67,7 @@ class SegmentConfig:
                         nonempty=True)
   bgcolor: str = option("", "R,G,B (each 0..255): the cut-out is composited over this colour "
                         "(RGB) instead of carrying alpha (RGBA).")
-  threshold: Optional[float] = option(None, "Hard mask = alpha > threshold (default: the "
-                                      "export's).", ge=0, le=1)
+  threshold: Optional[float] = segmentation.threshold_option()
   batch: int = option(16, "Images per device per step.", ge=1)
   sheet_items: int = option(64, "Inputs shown on the contact sheet (0 = none).", ge=0)
   max_pixels: int = option(image_io.MAX_PIXELS, "Larger images are skipped (named in "

@@ -71,9 +71,7 @@ READ_CHUNK = 1 << 16
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
-  segmenter: str = option("workspace/runs/shapes/segmenter", "Segmenter export "
-                          "(python -m experiments.train_student) or an exported artifact "
-                          "(python -m experiments.export_segmenter).", nonempty=True)
+  segmenter: str = segmentation.segmenter_option()
   host: str = option("127.0.0.1", "Address to listen on; 127.0.0.1 is this machine only "
                      "(0.0.0.0 exposes the unauthenticated page to the network).", nonempty=True)
   port: int = option(8000, "Port to listen on (0: a free one, printed at start).", ge=0,
@@ -81,8 +79,7 @@ class ServeConfig:
   fit: str = option(segmentation.DEFAULT_FIT, "Default fit of a photo to the model's square "
                     "(?fit= overrides it per request): pad, crop or stretch.",
                     choices=image_io.FITS)
-  threshold: Optional[float] = option(None, "Hard mask = alpha > threshold (default: the "
-                                      "export's).", ge=0, le=1)
+  threshold: Optional[float] = segmentation.threshold_option()
   batch: int = option(16, "Images per device per call: concurrent requests share one call of "
                       "up to batch x devices images.", ge=1)
   batch_wait_ms: float = option(5.0, "How long a request waits for others to fill its batch.",

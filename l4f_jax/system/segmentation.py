@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from l4f_jax.config import option
 from l4f_jax.errors import UserError
 from l4f_jax.io import image_io
 from l4f_jax.method import masks as masks_lib
@@ -40,6 +41,18 @@ from l4f_jax.method import student as student_lib
 from l4f_jax.system import artifact, sharding, weights
 
 DEFAULT_FIT = "pad"
+
+
+def segmenter_option():
+  """The `--segmenter` field of the programs that run a segmenter (segment, serve)."""
+  return option("workspace/runs/shapes/segmenter", "Segmenter export (python -m "
+                "experiments.train_student) or an exported artifact (python -m "
+                "experiments.export_segmenter).", nonempty=True)
+
+
+def threshold_option():
+  """Their `--threshold` field: None keeps the threshold the segmenter was exported with."""
+  return option(None, "Hard mask = alpha > threshold (default: the export's).", ge=0, le=1)
 
 
 @dataclasses.dataclass(frozen=True)
