@@ -1104,7 +1104,7 @@ def _no_torch_path(tmp: str, names=("torch",)) -> str:
 
 def _run(argv: list[str], no_torch: str = "") -> subprocess.CompletedProcess:
   env = cli_env(devices=1)
-  if no_torch:  # a fresh interpreter: the fake torch must come first on its import path
+  if no_torch:  # a fresh interpreter: the fake packages (hide=) must come first on its path
     env["PYTHONPATH"] = f"{no_torch}{os.pathsep}{env['PYTHONPATH']}"
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
   return cli_runner.run(argv, cwd=ROOT, env=env, timeout=TIMEOUT)
