@@ -10,13 +10,13 @@ environment and exit status, and it runs the CLI exactly as `python -m` does
 atexit handlers, stdio flushed). JAX reads `XLA_FLAGS` (the fake device count) when its backend
 starts, which the child does itself.
 
-`run()` takes the arguments of `subprocess.run` that the tests use and falls back to
-`subprocess.run` whenever a fork could not reproduce a fresh interpreter: a command other than
-`sys.executable -m experiments.<prog>`, or an environment whose JAX_*, PYTHONPATH or
-PYTHON* variables differ from the server's, which jax and Python read when they are imported
-(the no-torch cases, the float64 subprocesses). Tests of start-up, signals and installation
-(tests/test_interrupts.py, tests/test_package.py, the artifact snippet) call `subprocess` directly.
-`L4F_TEST_FORK=0` turns the server off.
+`run()` takes the arguments of `subprocess.run` that the tests use. It falls back to
+`subprocess.run` for any command other than `sys.executable -m experiments.<prog>`, and it keeps
+one server per set of the variables that take effect at import time (JAX_*, PYTHON*, TF_*,
+OMP_*, OPENBLAS_*, MKL_*), so that a child never sees modules imported under another setting.
+Tests of start-up, signals, installation and hidden packages (tests/test_interrupts.py,
+tests/test_package.py, the artifact snippet, test_hostile's `hide=` cases) call `subprocess`
+directly. `L4F_TEST_FORK=0` turns the server off.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import threading
 
 _PRELOAD = ("jax", "jax.numpy", "numpy", "PIL.Image", "absl.app", "absl.flags", "absl.logging",
             "flax.linen", "optax", "orbax.checkpoint", "l4f_jax.programs.*")
-_ENV_PREFIXES = ("JAX_", "PYTHON", "TF_")
+_ENV_PREFIXES = ("JAX_", "PYTHON", "TF_", "OMP_", "OPENBLAS_", "MKL_")
 _lock = threading.Lock()
 _server: dict = {}
 

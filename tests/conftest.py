@@ -6,6 +6,11 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
                       "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One OpenMP thread for torch (and numpy's BLAS), here and in every subprocess: at the tests'
+# sizes its threads spend more time spinning than computing, and xdist already keeps every core
+# busy (tests/test_stylegan2_parity.py alone: 101 s of CPU and 98 s wall with 2 threads, 77 s and
+# 79 s with 1, on a machine running one other job).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 
