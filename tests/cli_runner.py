@@ -14,9 +14,9 @@ starts, which the child does itself.
 `subprocess.run` for any command other than `sys.executable -m experiments.<prog>`, and it keeps
 one server per set of the variables that take effect at import time (JAX_*, PYTHON*, TF_*,
 OMP_*, OPENBLAS_*, MKL_*), so that a child never sees modules imported under another setting.
-Tests of start-up, signals, installation and hidden packages (tests/test_interrupts.py,
-tests/test_package.py, the artifact snippet, test_hostile's `hide=` cases) call `subprocess`
-directly. `L4F_TEST_FORK=0` turns the server off.
+Tests of start-up, signals, installation and hidden packages (the signalled runs of
+tests/test_interrupts.py, tests/test_package.py, the artifact snippet, test_hostile's `hide=`
+cases) call `subprocess` directly. `L4F_TEST_FORK=0` turns the server off.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from l4f_jax.system import interrupts
+from tests import cli_runner
 from tests.tiny_world import ROOT, cli_env, make_dataset, make_generator_dir
 
 ASSET = os.path.join(ROOT, "experiments", "assets", "shapes64")
@@ -115,8 +116,9 @@ def _start(prog: str, *args, cache: bool = True) -> _Cli:
 
 
 def _run(prog: str, *args) -> subprocess.CompletedProcess:
-  r = subprocess.run([sys.executable, "-m", f"experiments.{prog}", *args], cwd=ROOT,
-                     env=cli_env(devices=1), capture_output=True, text=True, timeout=600)
+  """An uninterrupted reference run."""
+  r = cli_runner.run([sys.executable, "-m", f"experiments.{prog}", *args], cwd=ROOT,
+                     env=cli_env(devices=1), timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   return r
 
