@@ -14,7 +14,7 @@ import pytest
 
 from l4f_jax.method.losses import r1_penalty
 from l4f_jax.models.stylegan2 import Discriminator
-from l4f_jax.ops.layers import AMX_MIN_CHANNELS, conv2d
+from l4f_jax.ops.layers import AMX_MIN_CHANNELS, conv2d, conv_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,22 +22,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # after the blur, the transposed conv's 2x2 / 2x1 / 1x2 phases with full padding) and odd extras.
 # The parity script sets GEMM_MAX_PIXELS = SMALL_GEMM_PIXELS (off by default, see ops/layers.py),
 # so that both weight-gradient forms are checked: (12, 3, 1, 1) has 144 output pixels, more than
-# that, and takes the per-tap form; the others the single patches GEMM.
+# that, and takes the per-tap form; the others the single patches GEMM. With WINOGRAD forced on
+# (every channel count and size) it runs the 3x3 pad-1 stride-1 cases, whose forward and input
+# gradients then are Winograd convs; 7 and 9 px are not multiples of the tiles (2, 4).
 SMALL_GEMM_PIXELS = 64
 CASES = [(8, 3, 1, 1), (8, 1, 1, 0), (9, 3, 2, 0), (7, 1, 2, 0), (6, 2, 1, 1), (5, 1, 1, 0),
-         (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1)]
+         (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1), (7, 3, 1, 1), (9, 3, 1, 1)]
+WINOGRAD = dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MIN_PIXELS=1)
+RULES = {"small_gemm": (dict(GEMM_MAX_PIXELS=SMALL_GEMM_PIXELS), "all"),
+         "winograd2": (dict(WINOGRAD, WINOGRAD_TILE=2), "3x3"),
+         "winograd4": (dict(WINOGRAD, WINOGRAD_TILE=4), "3x3")}
 
 _SCRIPT = """
+import sys
 import jax, numpy as np, torch
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 from torch.nn import functional as F
 from l4f_jax.ops import layers
 from l4f_jax.ops.layers import conv2d
-from tests.test_conv import CASES, SMALL_GEMM_PIXELS
-layers.GEMM_MAX_PIXELS = SMALL_GEMM_PIXELS  # read when conv2d is traced
-worst = {}
-for h, k, s, p in CASES:
+from tests.test_conv import CASES, RULES
+rules, which = RULES[sys.argv[1]]
+ctx = layers.conv_rules(**rules)  # read when conv2d is traced
+ctx.__enter__()
+worst = dict(convs=0)
+for h, k, s, p in [c for c in CASES if which == "all" or c[1:] == (3, 1, 1)]:
   rng = np.random.default_rng(h * 100 + k * 10 + s)
   x = rng.standard_normal((2, h, h, 3)); w = rng.standard_normal((k, k, 3, 4))
   c = rng.standard_normal((2, (h + 2 * p - k) // s + 1, (h + 2 * p - k) // s + 1, 4))
@@ -48,6 +57,8 @@ for h, k, s, p in CASES:
   gx, gw = jax.grad(f, argnums=(0, 1))(x, w)
   r1 = lambda x, w: jnp.sum(jax.grad(f)(x, w) ** 2)
   hx, hw = jax.grad(r1, argnums=(0, 1))(x, w)
+  jaxpr = str(jax.make_jaxpr(jax.grad(r1, argnums=(0, 1)))(x, w))
+  worst["convs"] += jaxpr.count("conv_general_dilated")
   # torch (NCHW / OIHW) with autograd's double backward.
   tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
   tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
@@ -67,16 +78,20 @@ print(worst)
 """
 
 
-def test_phase_conv_matches_torch_to_second_order_float64():
+@pytest.mark.parametrize("rules", sorted(RULES))
+def test_phase_conv_matches_torch_to_second_order_float64(rules):
   """Forward, both gradients and the second derivative through the input gradient (what R1
-  differentiates) agree with torch in float64 to <= 1e-12 relative, for strides 1, 2, 3."""
+  differentiates) agree with torch in float64 to <= 1e-12 relative, for strides 1, 2, 3; with
+  Winograd forced on, the 3x3 same convs, whose programs then hold no convolution at all."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SCRIPT)], cwd=ROOT, env=env,
+  out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SCRIPT), rules], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   worst = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 (a dict of floats we printed)
+  convs = worst.pop("convs")
   assert set(worst) == {"y", "gx", "gw", "hx", "hw"}
   assert max(worst.values()) < 1e-12, worst
+  assert (convs == 0) == rules.startswith("winograd"), convs
 
 
 @pytest.mark.parametrize("impl", ["phases", "xla"])
@@ -100,15 +115,20 @@ def _conv_forms(hlo_text: str) -> list[str]:
   return out
 
 
-def test_r1_program_uses_only_dense_conv_forms():
+@pytest.mark.parametrize("rules,min_convs", [({}, 20), (WINOGRAD, 8)])
+def test_r1_program_uses_only_dense_conv_forms(rules, min_convs):
   """The compiled R1 gradient of D (what made the 256 px R1 iteration 5x a plain one) holds only
-  NHWC / HWIO / NHWC convolutions without window reversal, dilation or stride (on CPU)."""
+  NHWC / HWIO / NHWC convolutions without window reversal, dilation or stride (on CPU); with
+  Winograd forced on, the 3x3 same convs are GEMMs and the rest keeps those forms."""
   d = Discriminator(32, channel_base=256, channel_max=16)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   params = d.init(jax.random.PRNGKey(1), x)["params"]
   loss = lambda p: r1_penalty(lambda y: d.apply({"params": p}, y), x)
-  forms = _conv_forms(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
-  assert len(forms) >= 20, forms
+  with conv_rules(**rules):
+    lowered = jax.jit(jax.grad(loss)).lower(params)
+  forms = _conv_forms(lowered.compile().as_text())
+  n_3x3 = sum(1 for f in forms if "size=3x3" in f[1] and "pad=1_1x1_1" in f[1])
+  assert len(forms) >= min_convs and (n_3x3 == 0) == bool(rules), (n_3x3, forms)
   bad = [f for f in forms if f[0] != "b01f_01io->b01f"
          or re.search(r"rhs_reversal|lhs_dilate|rhs_dilate|stride", f[1])]
   assert not bad, bad
