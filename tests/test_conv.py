@@ -139,11 +139,14 @@ def test_case_list_covers_both_weight_gradient_forms():
   assert min(sizes) <= SMALL_GEMM_PIXELS < max(sizes), sizes
 
 
-def test_bf16_gemm_path_to_second_order():
-  """bfloat16 at AMX_MIN_CHANNELS channels (the bf16 GEMM forms with float32 accumulation):
-  forward, both gradients and the R1-like second derivative against JAX's own derivatives of one
-  float32 lax conv on the same bf16-rounded inputs, within a few bf16 roundings (u = 2^-8); and the
-  compiled forward is GEMMs (bf16 operands, float32 result), no convolution."""
+@pytest.mark.parametrize("form", ["amx", "winograd"])
+def test_bf16_gemm_path_to_second_order(form):
+  """bfloat16 at AMX_MIN_CHANNELS channels: the bf16 GEMM forms with float32 accumulation ("amx"),
+  or with Winograd forced on, its float32 form on the bf16 inputs ("winograd"): forward, both
+  gradients and the R1-like second derivative against JAX's own derivatives of one float32 lax
+  conv on the same bf16-rounded inputs, within a few bf16 roundings (u = 2^-8); and the compiled
+  forward is GEMMs (bf16 operands, float32 result; Winograd: float32, 36 = 6 x 6 batched), no
+  convolution."""
   c = AMX_MIN_CHANNELS
   bf = jnp.bfloat16
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, c)).astype(bf)
@@ -154,8 +157,10 @@ def test_bf16_gemm_path_to_second_order():
     return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 1,
                                                       impl=impl).astype(jnp.float32)))
   r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
-  got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
-             h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
+  with conv_rules(**(dict(WINOGRAD, WINOGRAD_TILE=4) if form == "winograd" else {})):
+    got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
+               h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
+    fwd = jax.jit(lambda x, w: conv2d(x, w, 1, 1, impl="phases")).lower(x, w)
   want = dict(y=conv2d(x.astype(jnp.float32), w.astype(jnp.float32), 1, 1, impl="xla"),
               g=jax.grad(loss("xla", jnp.float32), (0, 1))(x, w),
               h=jax.grad(r1(loss("xla", jnp.float32)), (0, 1))(x, w))
@@ -165,8 +170,10 @@ def test_bf16_gemm_path_to_second_order():
       a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
       rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
       assert rel < 8 * 2.0 ** -8, (name, rel)
-  fwd = jax.jit(lambda x, w: conv2d(x, w, 1, 1, impl="phases")).lower(x, w)
   assert " convolution(" not in fwd.compile().as_text()
-  gemms = re.findall(r"dot_general.*: \(tensor<\w+xbf16>, tensor<\w+xbf16>\) -> tensor<\w+xf32>",
-                     fwd.as_text())
-  assert len(gemms) == 9, fwd.as_text()[-3000:]
+  bf16_gemms = re.findall(r"dot_general.*: \(tensor<\w+xbf16>, tensor<\w+xbf16>\) -> "
+                          r"tensor<\w+xf32>", fwd.as_text())
+  winograd_gemms = re.findall(r"dot_general.*batching_dims.*: \(tensor<36x\w+xf32>, tensor<36x\w+xf32>\) -> "
+                              r"tensor<36x\w+xf32>", fwd.as_text())
+  assert (len(bf16_gemms), len(winograd_gemms)) == ((9, 0) if form == "amx" else (0, 1)), \
+      fwd.as_text()[-3000:]
