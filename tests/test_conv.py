@@ -28,7 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_GEMM_PIXELS = 64
 CASES = [(8, 3, 1, 1), (8, 1, 1, 0), (9, 3, 2, 0), (7, 1, 2, 0), (6, 2, 1, 1), (5, 1, 1, 0),
          (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1), (7, 3, 1, 1), (9, 3, 1, 1)]
-WINOGRAD = dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MIN_PIXELS=1)
+WINOGRAD = dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_BF16_MIN=1,
+                WINOGRAD_BF16_MAX=10**9, WINOGRAD_MIN_PIXELS=1)
 RULES = {"small_gemm": (dict(GEMM_MAX_PIXELS=SMALL_GEMM_PIXELS), "all"),
          "winograd2": (dict(WINOGRAD, WINOGRAD_TILE=2), "3x3"),
          "winograd4": (dict(WINOGRAD, WINOGRAD_TILE=4), "3x3")}

@@ -118,25 +118,34 @@ def varying_axes(x) -> frozenset:
 #   per-tap form alone) the 256 px config-f iteration did not change (13.44 s against 13.42 s),
 #   while the changed float32 summation order moved the main command's figures (A 0.9683 ->
 #   0.9673). tests/test_conv.py checks the form to second order in float64 with it set to 64.
-# - a 3x3 conv with pads 1 whose channels in and out are >= WINOGRAD_MIN_CHANNELS and whose output
-#   has >= WINOGRAD_MIN_PIXELS pixels runs as Winograd F(m x m, 3 x 3), m = WINOGRAD_TILE
-#   (`_winograd_conv`), in float32 (also for bfloat16 inputs). XXX measured numbers.
+# - a 3x3 conv with pads 1 whose output has >= WINOGRAD_MIN_PIXELS pixels and whose channels in and
+#   out are >= WINOGRAD_MIN_CHANNELS (float32), or within WINOGRAD_BF16_MIN ..
+#   WINOGRAD_BF16_MAX (bfloat16), runs as Winograd F(m x m, 3 x 3), m = WINOGRAD_TILE
+#   (`_winograd_conv`), in float32. bfloat16, on at 128 and 256 channels: the 256 px config-f plain
+#   iteration 21.5 s -> 15.5 s (and 31.4 -> 24.8 s in a more loaded run), replacing XLA's slow bf16
+#   conv at 128 channels and the AMX GEMMs at 256 (at 512 the AMX GEMMs win). float32: off (10**9);
+#   it won 1.3-1.9x at 64 px x 512 and 128 px x 256 channels op by op, but the iteration went
+#   from 14.9 s to 18.5 s on the least loaded machine (its transforms are memory-bound), 27.3 ->
+#   22.8 s and 26.9 -> 26.3 s on loaded ones. F(4 x 4) float32 error 1-2e-5 relative (F(2 x 2) and
+#   the direct conv 1e-6); the built-in world's <= 64-channel convs never take it.
 AMX_MIN_CHANNELS = 256
 GEMM_MAX_PIXELS = 0
-WINOGRAD_MIN_CHANNELS = 256
+WINOGRAD_MIN_CHANNELS = 10**9
 WINOGRAD_MIN_PIXELS = 64 * 64
 WINOGRAD_TILE = 4
-WINOGRAD_MAX_CHANNELS_BF16 = 256
+WINOGRAD_BF16_MIN = 128
+WINOGRAD_BF16_MAX = 256
 # The names of the shape rules above: `conv_rules` overrides them while a program is traced (the
 # benchmark's --jax_variants times such variants side by side; tests force a form on at small shapes).
 CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
-              "WINOGRAD_MIN_PIXELS", "WINOGRAD_TILE", "WINOGRAD_MAX_CHANNELS_BF16")
+              "WINOGRAD_MIN_PIXELS", "WINOGRAD_TILE", "WINOGRAD_BF16_MIN",
+              "WINOGRAD_BF16_MAX")
 
 
 def conv_rule_error(name: str, value: int) -> Optional[str]:
   """Why `name = value` is not a valid conv rule setting, or None."""
   if name not in CONV_RULES:
-    return f"{name!r} is not a conv rule; choose from {','.join(CONV_RULES)}"
+    return f"{name!r} is not a conv rule: {','.join(CONV_RULES)}"
   if name == "WINOGRAD_TILE" and value not in _WINOGRAD:
     return f"WINOGRAD_TILE={value} must be one of {sorted(_WINOGRAD)}"
   return None
@@ -199,9 +208,12 @@ _WINOGRAD = {
 
 def _winograd(x, weight, pads) -> bool:
   channels = min(x.shape[-1], weight.shape[-1])
+  if x.dtype == jnp.bfloat16:
+    channels_ok = WINOGRAD_BF16_MIN <= channels <= WINOGRAD_BF16_MAX
+  else:
+    channels_ok = channels >= WINOGRAD_MIN_CHANNELS
   return (weight.shape[:2] == (3, 3) and tuple(map(tuple, pads)) == ((1, 1), (1, 1))
-          and channels >= WINOGRAD_MIN_CHANNELS and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS
-          and (x.dtype != jnp.bfloat16 or channels <= WINOGRAD_MAX_CHANNELS_BF16))
+          and channels_ok and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS)
 
 
 def _winograd_conv(x, weight):
@@ -251,6 +263,10 @@ def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
   statistics in float32 (`modulated_conv`), the activations between layers in bfloat16; losses, the
   R1 penalty and its gradient's reductions, the parameters and the Adam state in float32 (the
   parameters are cast to bf16 at each use, and their bf16 cotangents back to float32).
+
+  bfloat16 3x3 pad-1 convs with 128 or 256 channels and >= 64 x 64 output pixels (the shape rules
+  above) run as float32 Winograd F(4x4, 3x3) on the bf16 inputs, rounded to bf16 once: forward and
+  input gradient; the weight gradient keeps its GEMM forms.
   """
   return _conv_s1(x, weight, pads)
 
