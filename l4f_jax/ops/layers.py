@@ -122,7 +122,7 @@ def varying_axes(x) -> frozenset:
 #   out are >= WINOGRAD_MIN_CHANNELS (float32), or within WINOGRAD_BF16_MIN ..
 #   WINOGRAD_BF16_MAX (bfloat16), runs as Winograd F(m x m, 3 x 3), m = WINOGRAD_TILE
 #   (`_winograd_conv`), in float32. bfloat16, on at 128 and 256 channels: the 256 px config-f plain
-#   iteration 21.5 s -> 15.5 s (and 31.4 -> 24.8 s in a more loaded run), replacing XLA's slow bf16
+#   iteration 21.5 s -> 15.5 s (and 31.4 -> 24.8 s in a more loaded run), replacing XLA's bf16
 #   conv at 128 channels and the AMX GEMMs at 256 (at 512 the AMX GEMMs win). float32: off (10**9);
 #   it won 1.3-1.9x at 64 px x 512 and 128 px x 256 channels op by op, but the iteration went
 #   from 14.9 s to 18.5 s on the least loaded machine (its transforms are memory-bound), 27.3 ->
