@@ -67,3 +67,20 @@ def test_cpu_peaks_from_cpuinfo(tmp_path):
   info.write_text("flags\t\t: avx512f\n")
   assert cpu_peak_gflops("float32", str(info)) is None
   assert cpu_peak_gflops("float32", str(tmp_path / "missing")) is None
+
+
+def test_iteration_jax_variants_are_traced_with_their_conv_rules():
+  """--jax_variants: one line per variant, each program traced with its rules (Winograd forced on
+  changes the XLA FLOP count of the plain iteration; the default rules give the default count)."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--what=iteration", "--config=tiny",
+       "--repeats=1", "--notorch", "--nor1", "--jax_variants=float32,float32+WINOGRAD_MIN_CHANNELS"
+       "=0+WINOGRAD_MIN_PIXELS=0+WINOGRAD_TILE=2"],
+      cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("  jax ")]
+  assert len(lines) == 2 and "WINOGRAD_TILE=2" in lines[1] and "WINOGRAD" not in lines[0], lines
+  counts = [float(l.split("this program's XLA count ")[1].split()[0]) for l in lines]
+  assert counts[0] != counts[1] and all(c > 0 for c in counts), counts
+  assert all("[plain " in l and "R1" not in l for l in lines), lines
+  assert "FLOPs per plain iteration: " in proc.stdout, proc.stdout

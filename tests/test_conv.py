@@ -14,7 +14,7 @@ import pytest
 
 from l4f_jax.method.losses import r1_penalty
 from l4f_jax.models.stylegan2 import Discriminator
-from l4f_jax.ops.layers import AMX_MIN_CHANNELS, conv2d
+from l4f_jax.ops.layers import AMX_MIN_CHANNELS, conv2d, conv_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,22 +22,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # after the blur, the transposed conv's 2x2 / 2x1 / 1x2 phases with full padding) and odd extras.
 # The parity script sets GEMM_MAX_PIXELS = SMALL_GEMM_PIXELS (off by default, see ops/layers.py),
 # so that both weight-gradient forms are checked: (12, 3, 1, 1) has 144 output pixels, more than
-# that, and takes the per-tap form; the others the single patches GEMM.
+# that, and takes the per-tap form; the others the single patches GEMM. With WINOGRAD forced on
+# (every channel count and size) it runs the 3x3 pad-1 stride-1 cases, whose forward and input
+# gradients then are Winograd convs; 7 and 9 px are not multiples of the tiles (2, 4).
 SMALL_GEMM_PIXELS = 64
 CASES = [(8, 3, 1, 1), (8, 1, 1, 0), (9, 3, 2, 0), (7, 1, 2, 0), (6, 2, 1, 1), (5, 1, 1, 0),
-         (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1)]
+         (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1), (7, 3, 1, 1), (9, 3, 1, 1)]
+WINOGRAD = dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_BF16_MIN=1,
+                WINOGRAD_BF16_MAX=10**9, WINOGRAD_MIN_PIXELS=1)
+RULES = {"small_gemm": (dict(GEMM_MAX_PIXELS=SMALL_GEMM_PIXELS), "all"),
+         "winograd2": (dict(WINOGRAD, WINOGRAD_TILE=2), "3x3"),
+         "winograd4": (dict(WINOGRAD, WINOGRAD_TILE=4), "3x3")}
 
 _SCRIPT = """
+import sys
 import jax, numpy as np, torch
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 from torch.nn import functional as F
 from l4f_jax.ops import layers
 from l4f_jax.ops.layers import conv2d
-from tests.test_conv import CASES, SMALL_GEMM_PIXELS
-layers.GEMM_MAX_PIXELS = SMALL_GEMM_PIXELS  # read when conv2d is traced
-worst = {}
-for h, k, s, p in CASES:
+from tests.test_conv import CASES, RULES
+rules, which = RULES[sys.argv[1]]
+ctx = layers.conv_rules(**rules)  # read when conv2d is traced
+ctx.__enter__()
+worst = dict(convs=0)
+for h, k, s, p in [c for c in CASES if which == "all" or c[1:] == (3, 1, 1)]:
   rng = np.random.default_rng(h * 100 + k * 10 + s)
   x = rng.standard_normal((2, h, h, 3)); w = rng.standard_normal((k, k, 3, 4))
   c = rng.standard_normal((2, (h + 2 * p - k) // s + 1, (h + 2 * p - k) // s + 1, 4))
@@ -48,6 +58,8 @@ for h, k, s, p in CASES:
   gx, gw = jax.grad(f, argnums=(0, 1))(x, w)
   r1 = lambda x, w: jnp.sum(jax.grad(f)(x, w) ** 2)
   hx, hw = jax.grad(r1, argnums=(0, 1))(x, w)
+  jaxpr = str(jax.make_jaxpr(jax.grad(r1, argnums=(0, 1)))(x, w))
+  worst["convs"] += jaxpr.count("conv_general_dilated")
   # torch (NCHW / OIHW) with autograd's double backward.
   tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
   tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
@@ -67,16 +79,20 @@ print(worst)
 """
 
 
-def test_phase_conv_matches_torch_to_second_order_float64():
+@pytest.mark.parametrize("rules", sorted(RULES))
+def test_phase_conv_matches_torch_to_second_order_float64(rules):
   """Forward, both gradients and the second derivative through the input gradient (what R1
-  differentiates) agree with torch in float64 to <= 1e-12 relative, for strides 1, 2, 3."""
+  differentiates) agree with torch in float64 to <= 1e-12 relative, for strides 1, 2, 3; with
+  Winograd forced on, the 3x3 same convs, whose programs then hold no convolution at all."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SCRIPT)], cwd=ROOT, env=env,
+  out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SCRIPT), rules], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   worst = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 (a dict of floats we printed)
+  convs = worst.pop("convs")
   assert set(worst) == {"y", "gx", "gw", "hx", "hw"}
   assert max(worst.values()) < 1e-12, worst
+  assert (convs == 0) == rules.startswith("winograd"), convs
 
 
 @pytest.mark.parametrize("impl", ["phases", "xla"])
@@ -100,15 +116,20 @@ def _conv_forms(hlo_text: str) -> list[str]:
   return out
 
 
-def test_r1_program_uses_only_dense_conv_forms():
+@pytest.mark.parametrize("rules,min_convs", [({}, 20), (WINOGRAD, 8)])
+def test_r1_program_uses_only_dense_conv_forms(rules, min_convs):
   """The compiled R1 gradient of D (what made the 256 px R1 iteration 5x a plain one) holds only
-  NHWC / HWIO / NHWC convolutions without window reversal, dilation or stride (on CPU)."""
+  NHWC / HWIO / NHWC convolutions without window reversal, dilation or stride (on CPU); with
+  Winograd forced on, the 3x3 same convs are GEMMs and the rest keeps those forms."""
   d = Discriminator(32, channel_base=256, channel_max=16)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   params = d.init(jax.random.PRNGKey(1), x)["params"]
   loss = lambda p: r1_penalty(lambda y: d.apply({"params": p}, y), x)
-  forms = _conv_forms(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
-  assert len(forms) >= 20, forms
+  with conv_rules(**rules):
+    lowered = jax.jit(jax.grad(loss)).lower(params)
+  forms = _conv_forms(lowered.compile().as_text())
+  n_3x3 = sum(1 for f in forms if "size=3x3" in f[1] and "pad=1_1x1_1" in f[1])
+  assert len(forms) >= min_convs and (n_3x3 == 0) == bool(rules), (n_3x3, forms)
   bad = [f for f in forms if f[0] != "b01f_01io->b01f"
          or re.search(r"rhs_reversal|lhs_dilate|rhs_dilate|stride", f[1])]
   assert not bad, bad
@@ -119,11 +140,14 @@ def test_case_list_covers_both_weight_gradient_forms():
   assert min(sizes) <= SMALL_GEMM_PIXELS < max(sizes), sizes
 
 
-def test_bf16_gemm_path_to_second_order():
-  """bfloat16 at AMX_MIN_CHANNELS channels (the bf16 GEMM forms with float32 accumulation):
-  forward, both gradients and the R1-like second derivative against JAX's own derivatives of one
-  float32 lax conv on the same bf16-rounded inputs, within a few bf16 roundings (u = 2^-8); and the
-  compiled forward is GEMMs (bf16 operands, float32 result), no convolution."""
+@pytest.mark.parametrize("form", ["amx", "winograd"])
+def test_bf16_gemm_path_to_second_order(form):
+  """bfloat16 at AMX_MIN_CHANNELS channels: the bf16 GEMM forms with float32 accumulation ("amx"),
+  or with Winograd forced on, its float32 form on the bf16 inputs ("winograd"): forward, both
+  gradients and the R1-like second derivative against JAX's own derivatives of one float32 lax
+  conv on the same bf16-rounded inputs, within a few bf16 roundings (u = 2^-8); and the compiled
+  forward is GEMMs (bf16 operands, float32 result; Winograd: float32, 36 = 6 x 6 batched), no
+  convolution."""
   c = AMX_MIN_CHANNELS
   bf = jnp.bfloat16
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, c)).astype(bf)
@@ -134,8 +158,10 @@ def test_bf16_gemm_path_to_second_order():
     return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 1,
                                                       impl=impl).astype(jnp.float32)))
   r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
-  got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
-             h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
+  with conv_rules(**(dict(WINOGRAD, WINOGRAD_TILE=4) if form == "winograd" else {})):
+    got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
+               h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
+    fwd = jax.jit(lambda x, w: conv2d(x, w, 1, 1, impl="phases")).lower(x, w)
   want = dict(y=conv2d(x.astype(jnp.float32), w.astype(jnp.float32), 1, 1, impl="xla"),
               g=jax.grad(loss("xla", jnp.float32), (0, 1))(x, w),
               h=jax.grad(r1(loss("xla", jnp.float32)), (0, 1))(x, w))
@@ -145,8 +171,10 @@ def test_bf16_gemm_path_to_second_order():
       a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
       rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
       assert rel < 8 * 2.0 ** -8, (name, rel)
-  fwd = jax.jit(lambda x, w: conv2d(x, w, 1, 1, impl="phases")).lower(x, w)
   assert " convolution(" not in fwd.compile().as_text()
-  gemms = re.findall(r"dot_general.*: \(tensor<\w+xbf16>, tensor<\w+xbf16>\) -> tensor<\w+xf32>",
-                     fwd.as_text())
-  assert len(gemms) == 9, fwd.as_text()[-3000:]
+  bf16_gemms = re.findall(r"dot_general.*: \(tensor<\w+xbf16>, tensor<\w+xbf16>\) -> "
+                          r"tensor<\w+xf32>", fwd.as_text())
+  winograd_gemms = re.findall(r"dot_general.*batching_dims.*: \(tensor<36x\w+xf32>, tensor<36x\w+xf32>\) -> "
+                              r"tensor<36x\w+xf32>", fwd.as_text())
+  assert (len(bf16_gemms), len(winograd_gemms)) == ((9, 0) if form == "amx" else (0, 1)), \
+      fwd.as_text()[-3000:]

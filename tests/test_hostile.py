@@ -646,6 +646,24 @@ CASES = {
                                      says=("--config=tpu9000 is unknown",)),
     "benchmark_unknown_torch_reference": Case("benchmark", ("--torch_modconv=lean",),
                                               says=("--torch_modconv", "nonfused_depthwise")),
+    "benchmark_jax_variant_unknown_rule": Case(
+        "benchmark", ("--what=iteration", "--jax_variants=float32,float32+WINOGRAD=1"),
+        says=("--jax_variants", "'WINOGRAD' is not a conv rule", "AMX_MIN_CHANNELS")),
+    "benchmark_jax_variant_rule_not_an_integer": Case(
+        "benchmark", ("--what=iteration", "--jax_variants=bfloat16+GEMM_MAX_PIXELS=many"),
+        says=("--jax_variants", "'GEMM_MAX_PIXELS=many'", "integer")),
+    "benchmark_jax_variant_winograd_tile_unsupported": Case(
+        "benchmark", ("--what=iteration", "--jax_variants=float32+WINOGRAD_TILE=3"),
+        says=("--jax_variants", "WINOGRAD_TILE=3 must be one of [2, 4]")),
+    "benchmark_jax_variant_unknown_dtype": Case(
+        "benchmark", ("--what=iteration", "--jax_variants=float16"),
+        says=("--jax_variants", "'float16'", "float32, bfloat16")),
+    "benchmark_jax_variants_without_iteration": Case(
+        "benchmark", ("--what=generator", "--jax_variants=bfloat16"),
+        says=("--jax_variants applies to --what=iteration only",)),
+    "benchmark_nor1_without_iteration": Case(
+        "benchmark", ("--what=generator", "--nor1"),
+        says=("--nor1 applies to --what=iteration only",)),
     # -------------------------------------------------------------- make_pairs
     "make_pairs_out_is_another_dataset": Case(
         "make_pairs", GEN + ("--alpha={alpha_other}", "--out={tmp}/out", "--overwrite"),

@@ -7,6 +7,7 @@ params['conv']['modulation']['weight'].
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any, Optional, Sequence
@@ -14,6 +15,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from l4f_jax.ops.upfirdn2d import make_kernel, upfirdn2d
@@ -116,8 +118,52 @@ def varying_axes(x) -> frozenset:
 #   per-tap form alone) the 256 px config-f iteration did not change (13.44 s against 13.42 s),
 #   while the changed float32 summation order moved the main command's figures (A 0.9683 ->
 #   0.9673). tests/test_conv.py checks the form to second order in float64 with it set to 64.
+# - a 3x3 conv with pads 1 whose output has >= WINOGRAD_MIN_PIXELS pixels and whose channels in and
+#   out are >= WINOGRAD_MIN_CHANNELS (float32), or within WINOGRAD_BF16_MIN ..
+#   WINOGRAD_BF16_MAX (bfloat16), runs as Winograd F(m x m, 3 x 3), m = WINOGRAD_TILE
+#   (`_winograd_conv`), in float32. bfloat16, on at 128 and 256 channels: the 256 px config-f plain
+#   iteration 21.5 s -> 15.5 s (and 31.4 -> 24.8 s in a more loaded run), replacing XLA's bf16
+#   conv at 128 channels and the AMX GEMMs at 256 (at 512 the AMX GEMMs win). float32: off (10**9);
+#   it won 1.3-1.9x at 64 px x 512 and 128 px x 256 channels op by op, but the iteration went
+#   from 14.9 s to 18.5 s on the least loaded machine (its transforms are memory-bound), 27.3 ->
+#   22.8 s and 26.9 -> 26.3 s on loaded ones. F(4 x 4) float32 error 1-2e-5 relative (F(2 x 2) and
+#   the direct conv 1e-6); the built-in world's <= 64-channel convs never take it.
 AMX_MIN_CHANNELS = 256
 GEMM_MAX_PIXELS = 0
+WINOGRAD_MIN_CHANNELS = 10**9
+WINOGRAD_MIN_PIXELS = 64 * 64
+WINOGRAD_TILE = 4
+WINOGRAD_BF16_MIN = 128
+WINOGRAD_BF16_MAX = 256
+# The names of the shape rules above: `conv_rules` overrides them while a program is traced (the
+# benchmark's --jax_variants times such variants side by side; tests force a form on at small shapes).
+CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
+              "WINOGRAD_MIN_PIXELS", "WINOGRAD_TILE", "WINOGRAD_BF16_MIN",
+              "WINOGRAD_BF16_MAX")
+
+
+def conv_rule_error(name: str, value: int) -> Optional[str]:
+  """Why `name = value` is not a valid conv rule setting, or None."""
+  if name not in CONV_RULES:
+    return f"{name!r} is not a conv rule: {','.join(CONV_RULES)}"
+  if name == "WINOGRAD_TILE" and value not in _WINOGRAD:
+    return f"WINOGRAD_TILE={value} must be one of {sorted(_WINOGRAD)}"
+  return None
+
+
+@contextlib.contextmanager
+def conv_rules(**overrides: int):
+  """Sets conv2d_s1's shape rules (CONV_RULES) for the programs traced inside; restores them after.
+  The rules are read when conv2d is traced, so a program keeps the forms it was traced with."""
+  for name, value in overrides.items():
+    if conv_rule_error(name, value):
+      raise ValueError(conv_rule_error(name, value))
+  saved = {k: globals()[k] for k in overrides}
+  globals().update(overrides)
+  try:
+    yield
+  finally:
+    globals().update(saved)
 
 
 def _acc(dtype):
@@ -144,7 +190,55 @@ def _tap_gemm_conv(x, weight, pads):
   return y.reshape(x.shape[0], ho, wo, cout).astype(x.dtype)
 
 
+# Winograd F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+# CVPR 2016, arXiv:1509.09308): {m: (B^T, G, A^T)} from the interpolation points 0, +-1, (+-2,) inf;
+# per (m + 2)^2 input tile d, the m x m output tile is A^T [(G w G^T) * (B^T d B)] A.
+_WINOGRAD = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
+        np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]])),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]])),
+}
+
+
+def _winograd(x, weight, pads) -> bool:
+  channels = min(x.shape[-1], weight.shape[-1])
+  if x.dtype == jnp.bfloat16:
+    channels_ok = WINOGRAD_BF16_MIN <= channels <= WINOGRAD_BF16_MAX
+  else:
+    channels_ok = channels >= WINOGRAD_MIN_CHANNELS
+  return (weight.shape[:2] == (3, 3) and tuple(map(tuple, pads)) == ((1, 1), (1, 1))
+          and channels_ok and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS)
+
+
+def _winograd_conv(x, weight):
+  """The 3x3 pad-1 conv as Winograd F(m x m, 3 x 3), m = WINOGRAD_TILE, in float32 (float64 stays):
+  the overlapping (m + 2)^2 input tiles stacked on a leading tile axis and transformed by one small
+  matmul with B^T (x) B^T, (m + 2)^2 batched GEMMs [tiles, Cin] x [Cin, Cout] with the transformed
+  kernel, and the output transform, one matmul with A^T (x) A^T; 2.25x (m = 2) or 4x (m = 4) fewer
+  multiplies than the direct conv. H and W are padded up to multiples of m."""
+  bt, g, at = _WINOGRAD[WINOGRAD_TILE]
+  m, n = at.shape
+  b, h, w, cin = x.shape
+  th, tw, acc = -(-h // m), -(-w // m), _acc(x.dtype)
+  xp = jnp.pad(x.astype(acc), ((0, 0), (1, 1 + th * m - h), (1, 1 + tw * m - w), (0, 0)))
+  d = jnp.stack([xp[:, i:i + m * th:m, j:j + m * tw:m] for i in range(n) for j in range(n)])
+  v = jnp.dot(np.kron(bt, bt).astype(acc), d.reshape(n * n, -1)).reshape(n * n, -1, cin)
+  u = jnp.einsum("ai,ijco,bj->abco", g.astype(acc), weight.astype(acc), g.astype(acc))
+  y = lax.dot_general(v, u.reshape(n * n, cin, -1), (((2,), (1,)), ((0,), (0,))))
+  y = jnp.dot(np.kron(at, at).astype(acc), y.reshape(n * n, -1)).reshape(m, m, b, th, tw, -1)
+  y = jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(b, th * m, tw * m, -1)
+  return y[:, :h, :w].astype(x.dtype)
+
+
 def _conv_s1(x, weight, pads):
+  if _winograd(x, weight, pads):
+    return _winograd_conv(x, weight)
   if _amx(x, weight):
     return _tap_gemm_conv(x, weight.astype(x.dtype), pads)
   return _conv_nhwc(x, weight, pads)
@@ -169,6 +263,10 @@ def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
   statistics in float32 (`modulated_conv`), the activations between layers in bfloat16; losses, the
   R1 penalty and its gradient's reductions, the parameters and the Adam state in float32 (the
   parameters are cast to bf16 at each use, and their bf16 cotangents back to float32).
+
+  bfloat16 3x3 pad-1 convs with 128 or 256 channels and >= 64 x 64 output pixels (the shape rules
+  above) run as float32 Winograd F(4x4, 3x3) on the bf16 inputs, rounded to bf16 once: forward and
+  input gradient; the weight gradient keeps its GEMM forms.
   """
   return _conv_s1(x, weight, pads)
 

@@ -40,6 +40,13 @@ class Args:
   torch_device: str = "auto"
   compute_dtype: str = "float32"
   torch_modconv: tuple = ("fused", "nonfused")  # torch references timed (TORCH_REFERENCES)
+  # JAX variants timed side by side: (compute dtype, ((conv rule, value), ...)); () = one variant,
+  # compute_dtype with ops.layers' default conv rules (BenchmarkConfig.jax_variants)
+  variants: tuple = ()
+  r1: bool = True  # iteration: also time the R1 iteration (amortised); False: plain only
+
+  def jax_variants(self) -> tuple:
+    return self.variants or ((self.compute_dtype, ()),)
 
   def model_config(self) -> Config:
     if self.config is not None:
@@ -126,6 +133,10 @@ def _torch_name(dev, what: str, threads: int = 0) -> str:
   where = (f"cuda: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda"
            else f"cpu, {threads} thread{'s' if threads > 1 else ''}")
   return f"torch ({where}; {what})"
+
+
+def _variant_name(dtype: str, rules: tuple) -> str:
+  return ", ".join([dtype] + [f"{k}={v}" for k, v in rules])
 
 
 def _jax_name(what: str) -> str:
@@ -298,7 +309,7 @@ def _jax_step(models, cfg, batch: int, do_r1: bool, donate: bool = True):
 
 
 def _torch_iterations(args: Args, c, m: dict, cfg, real_np) -> tuple[list, list]:
-  """The torch official_iteration callables (plain, R1 per reference and thread count) and
+  """The torch official_iteration callables (plain[, R1] per reference and thread count) and
   their names, on the same weights as the JAX side."""
   import numpy as np  # noqa: PLC0415
   import torch  # noqa: PLC0415
@@ -327,73 +338,94 @@ def _torch_iterations(args: Args, c, m: dict, cfg, real_np) -> tuple[list, list]
     g, d = _torch_copy(kind, c, tg, td)
     opts = tl.make_optimizers(ta, d, cfg.lr, cfg.g_reg_every, cfg.d_reg_every)
     for n in _torch_thread_variants(args, dev):
-      fns += [_with_threads(n, _autocast(kind, dev, torch_iter(False, g, d, *opts))),
-              _with_threads(n, _autocast(kind, dev, torch_iter(True, g, d, *opts)))]
+      fns += [_with_threads(n, _autocast(kind, dev, torch_iter(r1, g, d, *opts)))
+              for r1 in _kinds(args)]
       names.append(_torch_name(dev, f"official_iteration, {kind}", n))
   return fns, names
 
 
-def bench_iteration(args: Args) -> list[Result]:
-  """Labels4Free iteration it/s: JAX train_step and the torch official_iteration, interleaved."""
+def _kinds(args: Args) -> tuple:
+  """The iterations timed: plain and R1 (amortised), or the plain one alone (--nor1)."""
+  return (False, True) if args.r1 else (False,)
+
+
+def _jax_iterations(args: Args, c: Config, m: dict, real_np):
+  """Per JAX variant (--jax_variants; each traced with its conv rules set, ops.layers.conv_rules,
+  and given its own donated state): its iteration callables (_kinds), name, compile seconds and
+  XLA FLOPs per iteration kind."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
 
   from l4f_jax.method import step as S  # noqa: PLC0415
+  from l4f_jax.ops import layers  # noqa: PLC0415
+
+  models = m["models"]
+  g_params, w_avg = jax.device_put(m["g_params"]), jnp.asarray(m["w_avg"].numpy())
+  real, key = jnp.asarray(real_np), jax.random.PRNGKey(0)
+  fns, names, compile_s, flops = [], [], [], []
+  for dtype, rules in args.jax_variants():
+    cfg = dataclasses.replace(m["cfg"], compute_dtype=None if dtype == "float32" else dtype)
+    box = [S.init_state(cfg, models, jax.device_put(m["a_params"]), jax.device_put(m["d_params"]))]
+    t = time.perf_counter()
+    with layers.conv_rules(**dict(rules)):
+      lowered = [_jax_step(models, cfg, c.batch, r1).lower(box[0], g_params, w_avg, real, key)
+                 for r1 in _kinds(args)]
+    compiled = [low.compile() for low in lowered]
+    compile_s.append(time.perf_counter() - t)
+    flops.append([_flops(comp) for comp in compiled])
+
+    def jax_iter(comp, box=box):
+      def run():
+        box[0], _ = comp(box[0], g_params, w_avg, real, key)
+        jax.block_until_ready(box[0])
+      return run
+    fns += [jax_iter(comp) for comp in compiled]
+    names.append(_jax_name(f"jit, donated, non-fused, {_variant_name(dtype, rules)}"))
+  return fns, names, compile_s, flops
+
+
+def bench_iteration(args: Args) -> list[Result]:
+  """Labels4Free iteration it/s: JAX train_step (one line per --jax_variants entry) and the torch
+  official_iteration, interleaved. Every line's GFLOP/s uses the first JAX variant's XLA count."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
 
   c = args.model_config()
   if c.batch % c.devices or (c.batch // c.devices) % min(c.batch // c.devices, 4):
     raise UserError(f"--batch={c.batch} must split into --devices={c.devices} chunks whose "
                     "size is a multiple of min(chunk, 4)")
   m = _build_iteration(c, args)
-  models, cfg, k = m["models"], m["cfg"], m["cfg"].d_reg_every
+  k, nk = m["cfg"].d_reg_every, len(_kinds(args))
   real_np = np.clip(0.5 * np.random.default_rng(0).standard_normal(
       (c.batch, c.size, c.size, 3)), -1, 1).astype(np.float32)
-
-  # JAX: one compiled program per kind of iteration, the state threaded through (donated).
-  g_params, w_avg = jax.device_put(m["g_params"]), jnp.asarray(m["w_avg"].numpy())
-  real, key = jnp.asarray(real_np), jax.random.PRNGKey(0)
-  state = S.init_state(cfg, models, jax.device_put(m["a_params"]), jax.device_put(m["d_params"]))
-  compiled, compile_s, flops = {}, {}, {}
-  for r1 in (False, True):
-    t = time.perf_counter()
-    compiled[r1] = _jax_step(models, cfg, c.batch, r1).lower(state, g_params, w_avg, real,
-                                                            key).compile()
-    compile_s[r1], flops[r1] = time.perf_counter() - t, _flops(compiled[r1])
-  box = [state]
-
-  def jax_iter(r1):
-    def run():
-      box[0], _ = compiled[r1](box[0], g_params, w_avg, real, key)
-      jax.block_until_ready(box[0])
-    return run
-
-  fns = [jax_iter(False), jax_iter(True)]
-  dtype_note = args.compute_dtype
-  names = [_jax_name(f"jit, donated, non-fused, {dtype_note}")]
+  fns, names, compile_s, flops = _jax_iterations(args, c, m, real_np)
   if args.torch:
-    torch_fns, torch_names = _torch_iterations(args, c, m, cfg, real_np)
+    torch_fns, torch_names = _torch_iterations(args, c, m, m["cfg"], real_np)
     fns += torch_fns
     names += torch_names
   for fn in fns:
     fn()  # warm-up
   # round-robin: all plain iterations, then all R1 iterations (so that load drifts hit all alike)
-  order = list(range(0, len(fns), 2)) + list(range(1, len(fns), 2))
+  order = [i for r in range(nk) for i in range(r, len(fns), nk)]
   secs = _time_interleaved([fns[i] for i in order], args.repeats)
   secs = [secs[order.index(i)] for i in range(len(fns))]
 
+  amort = lambda f: f[0] if nk == 1 or None in f else ((k - 1) * f[0] + f[1]) / k
+  per_iter = [None if None in f else amort(f) for f in flops]
   results = []
-  amort = lambda p, r: [((k - 1) * a + b) / k for a, b in zip(p, r)]
-  amort_flops = (None if None in flops.values()
-                 else ((k - 1) * flops[False] + flops[True]) / k)
   for j, name in enumerate(names):
-    plain, r1 = secs[2 * j], secs[2 * j + 1]
-    note = (f"[plain {statistics.median(plain) * 1e3:.0f} ms, R1 {statistics.median(r1) * 1e3:.0f}"
-            f" ms; amortised over d_reg_every={k}]")
-    comp = compile_s[False] + compile_s[True] if j == 0 else None
-    results.append(Result(name, amort(plain, r1), 1, comp, note, "it/s", amort_flops))
+    plain = secs[nk * j]
+    note = f"[plain {statistics.median(plain) * 1e3:.0f} ms"
+    if nk == 2:
+      note += (f", R1 {statistics.median(secs[nk * j + 1]) * 1e3:.0f} ms; amortised over "
+               f"d_reg_every={k}")
+    if len(flops) > 1 and j < len(flops) and per_iter[j]:
+      note += f"; this program's XLA count {per_iter[j] / 1e9:.2f} GFLOP"
+    times = plain if nk == 1 else [((k - 1) * a + b) / k for a, b in zip(plain, secs[2 * j + 1])]
+    results.append(Result(name, times, 1, compile_s[j] if j < len(compile_s) else None,
+                          note + "]", "it/s", per_iter[0]))
   if args.compute_dtype != "float32":
-    results[0].note += "\n    " + bf16_parity(m, c, real)
+    results[0].note += "\n    " + bf16_parity(m, c, jnp.asarray(real_np))
   return results
 
 
@@ -463,6 +495,14 @@ class BenchmarkConfig:
   compute_dtype: str = option("float32", "JAX compute dtype of G and D (L4FConfig.compute_dtype); "
                               "bfloat16 also prints its parity against float32.",
                               choices=("float32", "bfloat16"))
+  jax_variants: str = option("", "iteration: JAX variants timed side by side (round-robin with "
+                             "the torch references), comma-separated; each is '+'-joined items: "
+                             "a compute dtype (float32, bfloat16; default --compute_dtype) and "
+                             "NAME=INTEGER settings of the conv shape rules of l4f_jax.ops.layers "
+                             "(CONV_RULES) while its programs are traced, e.g. 'float32,float32+"
+                             "AMX_MIN_CHANNELS=1000000000'. Empty: --compute_dtype, default rules.")
+  r1: bool = option(True, "iteration: also time the R1 iteration (the figures are amortised over "
+                    "d_reg_every); --nor1 times the plain iteration alone.")
   xla_flags: str = option("", "Appended to XLA_FLAGS before JAX starts.")
 
   def __post_init__(self):  # the checks `config.validate` cannot express (before parse-only ends)
@@ -492,12 +532,41 @@ def plan(cfg: BenchmarkConfig) -> tuple[list[str], Args]:
     if kind not in TORCH_REFERENCES:
       raise UserError(f"--torch_modconv={kind!r} is unknown; choose from "
                       f"{', '.join(TORCH_REFERENCES)} (comma-separated)")
+  variants = _parse_variants(cfg.jax_variants, cfg.compute_dtype)
+  for flag, used in (("--jax_variants", bool(variants)), ("--nor1", not cfg.r1)):
+    if used and "iteration" not in whats:
+      raise UserError(f"{flag} applies to --what=iteration only (got --what={cfg.what})")
   if cfg.channel_multiplier not in (1, 2):
     raise UserError(f"--channel_multiplier={cfg.channel_multiplier} must be 1 or 2")
   batch = cfg.batch or (config.batch if config else 4)
   return whats, Args(size, batch, cfg.repeats, cfg.channel_multiplier, cfg.torch,
                      tuple(int(n) for n in threads), config, name or "", cfg.torch_device,
-                     cfg.compute_dtype, tuple(modconv))
+                     cfg.compute_dtype, tuple(modconv), variants, cfg.r1)
+
+
+def _parse_variants(value: str, default_dtype: str) -> tuple:
+  """--jax_variants as ((dtype, ((rule, value), ...)), ...), or a UserError naming the item."""
+  from l4f_jax.ops.layers import conv_rule_error  # noqa: PLC0415
+  dtypes = BenchmarkConfig.__dataclass_fields__["compute_dtype"].metadata["choices"]
+  out = []
+  for spec in _names(value):
+    dtype, rules = default_dtype, {}
+    for item in spec.split("+"):
+      name, eq, num = item.partition("=")
+      if not eq and item not in dtypes:
+        raise UserError(f"--jax_variants: {item!r} is neither a compute dtype ({', '.join(dtypes)})"
+                        " nor RULE=INTEGER")
+      if not eq:
+        dtype = item
+        continue
+      if not num.lstrip("-").isdigit():
+        raise UserError(f"--jax_variants: {item!r}: the value must be an integer")
+      error = conv_rule_error(name, int(num))
+      if error:
+        raise UserError(f"--jax_variants: {error}")
+      rules[name] = int(num)
+    out.append((dtype, tuple(rules.items())))
+  return tuple(out)
 
 
 def report(what: str, args: Args, results: list[Result]) -> list[str]:
@@ -517,8 +586,11 @@ def report(what: str, args: Args, results: list[Result]) -> list[str]:
     lines.append(f"  {r.name}: {r.median * 1e3:.1f} ms/call, {r.rate:.3g} {r.unit}{fl}{comp}"
                  f"{' ' + r.note if r.note else ''}")
   if results and results[0].flops:
-    unit = "iteration (amortised)" if what == "iteration" else "call"
-    lines.append(f"  FLOPs per {unit}: {results[0].flops / 1e9:.2f} GFLOP (XLA cost analysis)")
+    unit = ("call" if what != "iteration" else
+            "iteration (amortised)" if args.r1 else "plain iteration")
+    first = " of the first JAX program, every line's GFLOP/s" if len(args.jax_variants()) > 1 else ""
+    lines.append(f"  FLOPs per {unit}: {results[0].flops / 1e9:.2f} GFLOP (XLA cost analysis"
+                 f"{first})")
     import jax  # noqa: PLC0415
     kind = jax.devices()[0].device_kind
     peak = peak_tflops(kind, args.compute_dtype)
@@ -531,16 +603,21 @@ def report(what: str, args: Args, results: list[Result]) -> list[str]:
   if what == "iteration":
     k = 16  # L4FConfig.d_reg_every
     ana = ((k - 1) * iteration_flops(c, False) + iteration_flops(c, True)) / k
-    lines.append(f"  FLOPs per iteration, analytic: {ana / 1e9:.2f} GFLOP (G fwd "
+    if not args.r1:
+      ana = iteration_flops(c, False)
+    lines.append(f"  FLOPs per {'' if args.r1 else 'plain '}iteration, analytic: {ana / 1e9:.2f} GFLOP (G fwd "
                  f"{2 * generator_macs(c) / 1e9:.3f}, D fwd {2 * discriminator_macs(c) / 1e9:.3f} "
                  "GFLOP per image)")
   elif what == "generator":
     lines.append(f"  G forward, analytic: {2 * generator_macs(c) / 1e9:.3f} GFLOP per image")
-  if len(results) >= 2:
-    best = min(results[1:], key=lambda r: r.median)
-    ratio = results[0].median / best.median
-    lines.append(f"  ratio jax/torch time: {ratio:.3f} (jax {1 / ratio:.2f}x the throughput of the "
-                 f"fastest torch, {best.name.split(';')[0]}); {load()}")
+  n_jax = len(args.jax_variants()) if what == "iteration" else 1
+  if len(results) > n_jax:
+    best = min(results[n_jax:], key=lambda r: r.median)
+    for r in results[:n_jax]:
+      ratio = r.median / best.median
+      which = f" [{r.name.split(';')[-1].strip(' )')}]" if n_jax > 1 else ""
+      lines.append(f"  ratio jax/torch time{which}: {ratio:.3f} (jax {1 / ratio:.2f}x the "
+                   f"throughput of the fastest torch, {best.name.split(';')[0]}); {load()}")
   return lines
 
 
