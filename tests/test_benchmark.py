@@ -72,11 +72,11 @@ def test_cpu_peaks_from_cpuinfo(tmp_path):
 def test_iteration_jax_variants_are_traced_with_their_conv_rules():
   """--jax_variants: one line per variant, each program traced with its rules (Winograd forced on
   changes the XLA FLOP count of the plain iteration; the default rules give the default count)."""
-  proc = subprocess.run(
+  proc = cli_runner.run(
       [sys.executable, "-m", "experiments.benchmark", "--what=iteration", "--config=tiny",
        "--repeats=1", "--notorch", "--nor1", "--jax_variants=float32,float32+WINOGRAD_MIN_CHANNELS"
        "=0+WINOGRAD_MIN_PIXELS=0+WINOGRAD_TILE=2"],
-      cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=1800)
+      cwd=ROOT, env=cli_env(devices=1), timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   lines = [l for l in proc.stdout.splitlines() if l.startswith("  jax ")]
   assert len(lines) == 2 and "WINOGRAD_TILE=2" in lines[1] and "WINOGRAD" not in lines[0], lines
