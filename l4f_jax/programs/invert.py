@@ -149,23 +149,6 @@ def inverter(gen: LoadedGenerator, alpha_params, cfg: InvertConfig, mesh):
   return call
 
 
-def invert_arrays(gen: LoadedGenerator, alpha_params, x: np.ndarray, cfg: InvertConfig,
-                  mesh=None, first_index: int = 0) -> dict:
-  """Inverts model-size images [N, S, S, 3] in [-1, 1] in padded batches -> the `inverter` dict
-  (NumPy, N rows); image k draws from index first_index + k."""
-  mesh = mesh or sharding.make_mesh(len(jax.local_devices()))
-  step = cfg.batch * mesh.devices.size
-  run = inverter(gen, alpha_params, cfg, mesh)
-  parts = []
-  for s in range(0, len(x), step):
-    chunk = x[s:s + step]
-    pad = step - len(chunk)
-    xb = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out = run(xb, first_index + s + np.arange(step))
-    parts.append(jax.tree.map(lambda a: a[:len(chunk)], out))
-  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
-
-
 def _write_one(tmp: str, stem: str, rgb, out: dict, k: int, threshold: float) -> None:
   a_hw = image_io.alpha_to_original(out["alpha"][k], rgb.shape[:2])
   images.save_png(os.path.join(tmp, "masks", f"{stem}.png"),
