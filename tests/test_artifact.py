@@ -4,8 +4,6 @@ records its provenance, and the loader refuses artifacts it must not run."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,7 +15,7 @@ from l4f_jax.errors import UserError
 from l4f_jax.method.student import predict_alpha
 from l4f_jax.programs.export_segmenter import ExportConfig, export
 from l4f_jax.system import artifact, weights
-from tests.tiny_world import ROOT, make_segmenter_dir
+from tests.tiny_world import ROOT, make_segmenter_dir, run_snippet
 
 PROVENANCE = {"generator_fingerprint": "00112233aabbccdd", "alpha_fingerprint": "feedfacecafe0001"}
 
@@ -76,15 +74,7 @@ def _doc_snippet() -> str:
 
 def test_the_documented_snippet_runs_with_jax_alone(exported, tmp_path):
   """docs/segmentation.md's snippet, run outside the checkout with l4f_jax unimportable."""
-  code = ("import sys\nsys.modules['l4f_jax'] = None  # any import of l4f_jax now fails\n"
-          + _doc_snippet().replace("OUT/", exported["art"] + "/") +
-          "\nimport numpy\nnumpy.save('alpha.npy', alpha)\n")
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  env["JAX_PLATFORMS"] = "cpu"
-  r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                     text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  alpha = np.load(tmp_path / "alpha.npy")
+  alpha = run_snippet(_doc_snippet(), exported["art"], tmp_path, ("l4f_jax",), JAX_PLATFORMS="cpu")
   seg = weights.load_segmenter(exported["seg"])
   x = np.zeros((2, 16, 16, 3), np.uint8)   # the snippet's input: two black images
   want = np.asarray(predict_alpha(seg.params, x.astype(np.float32) / 127.5 - 1.0,

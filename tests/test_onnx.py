@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -30,7 +28,7 @@ from l4f_jax.errors import UserError  # noqa: E402
 from l4f_jax.method.student import predict_alpha  # noqa: E402
 from l4f_jax.programs.export_segmenter import ExportConfig, export  # noqa: E402
 from l4f_jax.system import artifact, weights  # noqa: E402
-from tests.tiny_world import ROOT, make_segmenter_dir  # noqa: E402
+from tests.tiny_world import ROOT, make_segmenter_dir, run_snippet  # noqa: E402
 
 TOL = 1e-5
 
@@ -87,15 +85,8 @@ def test_the_documented_onnxruntime_snippet_runs_without_jax(exported, tmp_path)
   text = open(os.path.join(ROOT, "docs", "segmentation.md")).read()
   m = re.search(r"<!-- onnxruntime snippet -->\s*```python\n(.*?)```", text, re.S)
   assert m, "docs/segmentation.md lost its onnxruntime snippet"
-  code = ("import sys\nfor name in ('jax', 'jaxlib', 'l4f_jax', 'jax2onnx'):\n"
-          "  sys.modules[name] = None  # any import of them now fails\n"
-          + m.group(1).replace("OUT/", exported["art"] + "/") +
-          "\nimport numpy\nnumpy.save('alpha.npy', alpha)\n")
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                     text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  alpha = np.load(tmp_path / "alpha.npy")
+  alpha = run_snippet(m.group(1), exported["art"], tmp_path,
+                      ("jax", "jaxlib", "l4f_jax", "jax2onnx"))
   seg = weights.load_segmenter(exported["seg"])
   x = np.zeros((2, 16, 16, 3), np.uint8)  # the snippet's input: two black images
   assert alpha.shape == (2, 16, 16) and np.abs(alpha - _student(seg, x)).max() <= TOL

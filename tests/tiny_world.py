@@ -1,10 +1,13 @@
 """A tiny Labels4Free world for the training-system tests: a random 16/32 px generator written as a
 converted-weight directory (with 'd' and 'latent_avg') and a small l4f_shapes dataset."""
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from l4f_jax.datasets.shapes import prepare_shapes
 from l4f_jax.system.weights import discriminator_from_config, generator_from_config, save_weights
@@ -83,3 +86,17 @@ def make_alpha_dir(path: str, generator_dir: str, seed: int = 0) -> str:
   params = training.init_alpha(AlphaNetwork(gen.size), gen.module, jax.random.key(seed))
   return weights.save_weights(path, {"size": gen.size, "kind": "labels4free_alpha",
                                      **gen.alpha_identity()}, {"alpha": params})
+
+
+def run_snippet(snippet: str, art_dir: str, cwd, hidden: tuple, **env) -> np.ndarray:
+  """A docs snippet that reads OUT/ and leaves `alpha`, run in a fresh interpreter in `cwd`
+  (outside the checkout, no PYTHONPATH) with the `hidden` modules unimportable; its alpha."""
+  code = (f"import sys\nfor name in {tuple(hidden)!r}:\n"
+          "  sys.modules[name] = None  # any import of them now fails\n"
+          + snippet.replace("OUT/", art_dir + "/")
+          + "\nimport numpy\nnumpy.save('alpha.npy', alpha)\n")
+  env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env}
+  r = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return np.load(os.path.join(cwd, "alpha.npy"))
