@@ -87,7 +87,8 @@ def _from_message(exc: BaseException) -> Optional[OSError]:
     code = next((c for c in _ENVIRONMENT_ERRNOS if os.strerror(c) in text), None)
   if code is None:
     return None
-  paths = re.findall(r"(/[^\s\"';,\]\[]+)", text)
+  text = text.split("[tensorstore_spec=")[0]  # its JSON repeats the paths, escaped
+  paths = re.findall(r"(/[^\s\"';,\]\[\\]+)", text)
   return OSError(code, os.strerror(code), paths[-1] if paths else None)
 
 
@@ -110,11 +111,13 @@ def environment_error(exc: BaseException) -> Optional[OSError]:
 
 def _destination(path: str) -> str:
   """The folder a program was writing when it wrote `path`: a file inside a staging folder
-  (`.<name>.tmp-XXXX`) or a tfds `incomplete.*` folder is shown as that folder's destination."""
+  (`.<name>.tmp-XXXX`, Orbax's `<step>.orbax-checkpoint-tmp`) or a tfds `incomplete.*` folder is
+  shown as that folder's destination."""
   import re  # pylint: disable=import-outside-toplevel
   parts = os.fspath(path).split(os.sep)
   for i, part in enumerate(parts):
-    m = re.fullmatch(r"\.(.+)\.tmp-[^/]+", part)
+    m = (re.fullmatch(r"\.(.+)\.tmp-[^/]+", part)
+         or re.fullmatch(r"(.+)\.orbax-checkpoint-tmp.*", part))  # Orbax's temporary checkpoint
     if m:
       return os.sep.join(parts[:i] + [m.group(1)])
     if part.startswith("incomplete."):

@@ -15,6 +15,10 @@ any layer (errors.py included) may use it.
   Orbax coroutines abandoned by a failed save (`is_storage_noise`; same tests as above), and a
   KeyboardInterrupt raised inside a garbage-collector callback, which `system.interrupts` turns
   into an immediate stop (tests/test_interrupts.py::test_edit_interrupted_leaves_nothing).
+- `drop_logged(predicate)`: Orbax's background save threads log the exception of a failed
+  asynchronous save with its traceback (`logging.exception`, absl's logger) as soon as it happens,
+  long before the exception reaches the program, which reports it as one line. Those records are
+  dropped. Test: tests/test_hostile.py::train_checkpoint_disk_full.
 - `errors.fail` ends the process with `os._exit` for the same late-traceback reason (its
   docstring).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 import threading
@@ -70,6 +75,25 @@ def filter_unraisable(predicate: Callable) -> None:
       previous(unraisable)
   hook._l4f_filter = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
+
+
+class _DropLogged(logging.Filter):
+  def __init__(self, predicate: Callable[[BaseException], bool]):
+    super().__init__()
+    self.predicate = predicate
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and f"{os.sep}orbax{os.sep}" in record.pathname
+                and self.predicate(exc))
+
+
+def drop_logged(predicate: Callable[[BaseException], bool]) -> None:
+  """Drops the records Orbax logs through absl's logger with an exception for which
+  `predicate(exc)` is true (the exception itself still reaches the caller). Installed once."""
+  logger = logging.getLogger("absl")
+  if not any(isinstance(f, _DropLogged) for f in logger.filters):
+    logger.addFilter(_DropLogged(predicate))
 
 
 @contextlib.contextmanager

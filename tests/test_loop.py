@@ -302,3 +302,24 @@ def test_hooks_run_on_their_schedules_with_the_iterations_metrics(tmp_path):
   # w after iteration i is 0 + 1 + ... + i; loss = 2 w; the state has taken i + 1 steps
   assert seen == [(i, float(i * (i + 1)), i + 1) for i in (0, 5, 10, 11)]
   assert run.ckpt.all_steps() == [8, 12]
+
+
+def test_environment_error_names_the_file_a_storage_library_reports():
+  """TensorStore names the failed file in its text and repeats every path, JSON-escaped, in a spec
+  after it; the one-line error names the file's destination (the staged folder's final name, or
+  Orbax's checkpoint step), not a fragment of the spec."""
+  from l4f_jax.errors import environment_error, environment_message
+  spec = ('[tensorstore_spec=\'{\\"kvstore\\":{\\"path\\":\\"/w/.out.tmp-ab/state/\\"},'
+          '\\"path\\":\\"d.w/\\"}\']')
+  e = ValueError('RESOURCE_EXHAUSTED: Error writing "d.w/.zarray" in OCDBT database at local file '
+                 '"/w/.out.tmp-ab/state/": Failed writing: "/w/.out.tmp-ab/state/d/72b9": Failed '
+                 'to write 224 bytes to file 14: No space left on device ' + spec)
+  assert environment_error(RuntimeError("save failed")) is None
+  try:
+    raise RuntimeError("save failed") from e
+  except RuntimeError as outer:
+    found = environment_error(outer)
+  assert found.errno == 28 and found.filename == "/w/.out.tmp-ab/state/d/72b9"
+  assert environment_message(found).startswith("the disk is full writing /w/out [Errno 28]")
+  ckpt = OSError(28, "No space left on device", "/r/checkpoints/3.orbax-checkpoint-tmp/state/x")
+  assert " writing /r/checkpoints/3 [" in environment_message(ckpt)
