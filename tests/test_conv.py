@@ -43,52 +43,67 @@ from torch.nn import functional as F
 from l4f_jax.ops import layers
 from l4f_jax.ops.layers import conv2d
 from tests.test_conv import CASES, RULES
-rules, which = RULES[sys.argv[1]]
-ctx = layers.conv_rules(**rules)  # read when conv2d is traced
-ctx.__enter__()
-worst = dict(convs=0)
-for h, k, s, p in [c for c in CASES if which == "all" or c[1:] == (3, 1, 1)]:
-  rng = np.random.default_rng(h * 100 + k * 10 + s)
-  x = rng.standard_normal((2, h, h, 3)); w = rng.standard_normal((k, k, 3, 4))
-  c = rng.standard_normal((2, (h + 2 * p - k) // s + 1, (h + 2 * p - k) // s + 1, 4))
+
+
+def jax_side(x, w, c, s, p):
   # JAX (phase form): y, dL/dx and dL/dw of L = sum(c * tanh(y)), and the R1-like second
-  # derivative d/dw of sum((dL/dx)^2).
+  # derivative d/dw of sum((dL/dx)^2); one program per case.
   f = lambda x, w: jnp.sum(c * jnp.tanh(conv2d(x, w, s, p, impl="phases")))
-  y = conv2d(jnp.asarray(x), jnp.asarray(w), s, p, impl="phases")
-  gx, gw = jax.grad(f, argnums=(0, 1))(x, w)
   r1 = lambda x, w: jnp.sum(jax.grad(f)(x, w) ** 2)
-  hx, hw = jax.grad(r1, argnums=(0, 1))(x, w)
-  jaxpr = str(jax.make_jaxpr(jax.grad(r1, argnums=(0, 1)))(x, w))
-  worst["convs"] += jaxpr.count("conv_general_dilated")
-  # torch (NCHW / OIHW) with autograd's double backward.
+  both = lambda x, w: (conv2d(x, w, s, p, impl="phases"), *jax.grad(f, argnums=(0, 1))(x, w),
+                       *jax.grad(r1, argnums=(0, 1))(x, w))
+  convs = str(jax.make_jaxpr(jax.grad(r1, argnums=(0, 1)))(x, w)).count("conv_general_dilated")
+  return jax.jit(both)(x, w), convs
+
+
+def torch_side(x, w, c, s, p):
+  # torch (NCHW / OIHW) with autograd's double backward, back in NHWC / HWIO.
   tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
   tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
-  tc = torch.tensor(c.transpose(0, 3, 1, 2))
   ty = F.conv2d(tx, tw, stride=s, padding=p)
+  tc = torch.tensor(c.transpose(0, 3, 1, 2))
   tgx, tgw = torch.autograd.grad((tc * torch.tanh(ty)).sum(), (tx, tw), create_graph=True)
   thx, thw = torch.autograd.grad(tgx.pow(2).sum(), (tx, tw))
   nhwc = lambda t: t.detach().numpy().transpose(0, 2, 3, 1)
   hwio = lambda t: t.detach().numpy().transpose(2, 3, 1, 0)
-  pairs = dict(y=(y, nhwc(ty)), gx=(gx, nhwc(tgx)), gw=(gw, hwio(tgw)), hx=(hx, nhwc(thx)),
-               hw=(hw, hwio(thw)))
-  for name, (a, b) in pairs.items():
-    assert a.shape == b.shape and a.dtype == np.float64, (name, a.shape, b.shape, a.dtype)
-    rel = float(np.max(np.abs(np.asarray(a) - b)) / (np.max(np.abs(b)) + 1e-30))
-    worst[name] = max(worst.get(name, 0.0), rel)
-print(worst)
+  return nhwc(ty), nhwc(tgx), hwio(tgw), nhwc(thx), hwio(thw)
+
+
+report = {}
+for rule in sys.argv[1:]:
+  rules, which = RULES[rule]
+  worst = report[rule] = dict(convs=0)
+  with layers.conv_rules(**rules):  # read when conv2d is traced
+    for h, k, s, p in [c for c in CASES if which == "all" or c[1:] == (3, 1, 1)]:
+      rng = np.random.default_rng(h * 100 + k * 10 + s)
+      x = rng.standard_normal((2, h, h, 3)); w = rng.standard_normal((k, k, 3, 4))
+      c = rng.standard_normal((2, (h + 2 * p - k) // s + 1, (h + 2 * p - k) // s + 1, 4))
+      got, convs = jax_side(x, w, c, s, p)
+      worst["convs"] += convs
+      for name, a, b in zip(("y", "gx", "gw", "hx", "hw"), got, torch_side(x, w, c, s, p)):
+        assert a.shape == b.shape and a.dtype == np.float64, (name, a.shape, b.shape, a.dtype)
+        rel = float(np.max(np.abs(np.asarray(a) - b)) / (np.max(np.abs(b)) + 1e-30))
+        worst[name] = max(worst.get(name, 0.0), rel)
+print(report)
 """
 
 
+@pytest.fixture(scope="module")
+def float64_report():
+  """{rule set: worst relative errors and the R1 program's conv count}, from one float64 process."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SCRIPT), *sorted(RULES)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 (a dict of floats we printed)
+
+
 @pytest.mark.parametrize("rules", sorted(RULES))
-def test_phase_conv_matches_torch_to_second_order_float64(rules):
+def test_phase_conv_matches_torch_to_second_order_float64(rules, float64_report):
   """Forward, both gradients and the second derivative through the input gradient (what R1
   differentiates) agree with torch in float64 to <= 1e-12 relative, for strides 1, 2, 3; with
   Winograd forced on, the 3x3 same convs, whose programs then hold no convolution at all."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SCRIPT), rules], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  worst = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 (a dict of floats we printed)
+  worst = dict(float64_report[rules])
   convs = worst.pop("convs")
   assert set(worst) == {"y", "gx", "gw", "hx", "hw"}
   assert max(worst.values()) < 1e-12, worst
