@@ -136,8 +136,9 @@ def test_r1_program_uses_only_dense_conv_forms(rules, min_convs):
   """The compiled R1 gradient of D (what made the 256 px R1 iteration 5x a plain one) holds only
   NHWC / HWIO / NHWC convolutions without window reversal, dilation or stride (on CPU); with
   Winograd forced on, the 3x3 same convs are GEMMs and the rest keeps those forms."""
-  d = Discriminator(32, channel_base=256, channel_max=16)
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  # 16 px: every kind of D layer (3x3 same, blurred 3x3 stride 2, 1x1 skip, the 4 px head).
+  d = Discriminator(16, channel_base=256, channel_max=16)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   params = d.init(jax.random.PRNGKey(1), x)["params"]
   loss = lambda p: r1_penalty(lambda y: d.apply({"params": p}, y), x)
   with conv_rules(**rules):
