@@ -1028,12 +1028,15 @@ CASES = {
                        "--n=8", "--batch=4"), says=("full/out ",), disk_kib=16,
         absent=("{tmp}/full/out",)),
     # No grids (--n_sample=0): flags.json and the logs fit, the first checkpoint does not; Orbax's
-    # asynchronous save fails in its threads and is reported when it surfaces, as one line.
+    # asynchronous save fails in its threads and is reported when it surfaces, as one line. R1 in
+    # every iteration (--d_reg_every=1): one compiled step.
     "train_checkpoint_disk_full": Case(
-        "train", TRAIN16 + ("--workdir={tmp}/full/run", "--n_sample=0"), disk_kib=64,
+        "train", TRAIN16 + ("--workdir={tmp}/full/run", "--n_sample=0", "--d_reg_every=1"),
+        disk_kib=64,
         says=("full/run/checkpoints/3 ",), absent=("{tmp}/full/run/checkpoints/3",)),
     "pretrain_gan_export_disk_full": Case(
-        "pretrain_gan", GAN16 + ("--workdir={tmp}/run", "--export={tmp}/full/w"), disk_kib=16,
+        "pretrain_gan", GAN16 + ("--workdir={tmp}/run", "--export={tmp}/full/w",
+                                 "--d_reg_every=1"), disk_kib=16,
         says=("full/w ",), absent=("{tmp}/full/w",)),
     # -------------------------------------------------------------- pipeline
     "pipeline_student_lr_nan": Case("pipeline", PIPE + ("--workdir={tmp}/run",

@@ -1,6 +1,7 @@
 """The whole framework from an NVIDIA network snapshot, through the CLIs the README documents:
 convert the committed 32 px stylegan2-ada-pytorch fixture (no torch needed), train A for a few
-iterations with D started from the snapshot's D, write pairs, train a student, segment images."""
+iterations with D started from the snapshot's D (R1 in every iteration, so one compiled step),
+write pairs, train a student, segment images."""
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ def test_snapshot_to_masks(tmp_path):
   log = _run("experiments.convert", f"--src={SNAPSHOT}", f"--dst={g}")
   assert "found G_ema: Generator" in log and "  d: " in log
   _run("experiments.train", f"--generator={g}", f"--dataset={tmp_path}/data/l4f_shapes",
-       "--prepare_shapes=32", f"--workdir={run}", "--iter=2", "--batch=2", "--d_reg_every=2",
+       "--prepare_shapes=32", f"--workdir={run}", "--iter=2", "--batch=2", "--d_reg_every=1",
        "--n_sample=2", "--eval_samples=0", "--use_disc")
   _run("experiments.make_pairs", f"--generator={g}", f"--alpha={run}/alpha", f"--out={pairs}",
        "--n=8", "--batch=4", "--noise_mode=const")
