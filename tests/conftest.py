@@ -1,16 +1,18 @@
 """Test configuration: 4 fake CPU devices (must be set before JAX starts) and float32 parity."""
 import os
 
-# Cheap compiles: the tests' programs are small, so LLVM's optimisation passes cost more than
-# they save (a sharded GAN step: 40 s of CPU -> 23 s; the float64 parity runs no slower).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
-                      "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One OpenMP thread for torch (and numpy's BLAS), here and in every subprocess: at the tests'
 # sizes its threads spend more time spinning than computing, and xdist already keeps every core
 # busy (tests/test_stylegan2_parity.py alone: 101 s of CPU and 98 s wall with 2 threads, 77 s and
-# 79 s with 1, on a machine running one other job).
+# 79 s with 1, on a machine running one other job). Set before numpy is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Cheap compiles (tests/tiny_world.FAST_XLA): the tests' programs are small, so compiling them
+# well costs more than it saves. XLA reads the flags when its backend starts, after this.
+from tests.tiny_world import FAST_XLA  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {FAST_XLA}")
 
 import jax  # noqa: E402
 
