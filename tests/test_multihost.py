@@ -99,7 +99,8 @@ def test_segment_two_processes_write_one_out(world):
   def run(devices, extra, out):
     cmd = [sys.executable, "-m", "experiments.segment", f"--segmenter={seg}",
            f"--images={photos}", f"--out={out}", "--batch=1", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(devices), stdout=subprocess.PIPE,
+    # byte-identical across device counts: compiled as users' programs are (EXACT_XLA)
+    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(devices, exact=True), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
   port = _free_port()
@@ -150,7 +151,8 @@ def test_invert_two_processes_write_one_out(world):
     cmd = [sys.executable, "-m", "experiments.invert", f"--generator={world['g']}",
            f"--alpha={alpha}", f"--images={photos}", f"--out={out}", "--batch=1", "--steps=10",
            "--sheet_items=6", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(devices), stdout=subprocess.PIPE,
+    # byte-identical across device counts: compiled as users' programs are (EXACT_XLA)
+    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(devices, exact=True), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
   def two_processes(out):

@@ -8,6 +8,7 @@ world is measured by the README's main command, experiments.pipeline.)
 """
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -22,7 +23,8 @@ from l4f_jax.programs.pairs import PairsConfig, make_pairs
 from l4f_jax.programs.segment import SegmentConfig, segment
 from l4f_jax.programs.train_student import StudentConfig, train_and_evaluate
 from l4f_jax.system.weights import load_segmenter
-from tests.tiny_world import make_generator_dir
+from tests import cli_runner
+from tests.tiny_world import ROOT, cli_env, make_generator_dir
 
 N = 24
 
@@ -46,15 +48,24 @@ def _records(path):
 
 
 def test_pairs_are_deterministic_and_independent_of_the_device_count(world):
+  """experiments.make_pairs on 4 devices (batch 2) and on 1 (batch 5) writes the same pairs, bit
+  for bit, compiled as users' programs are (XLA's fusion emitters: tests/tiny_world.EXACT_XLA)."""
   base = world["base"]
-  one = make_pairs(resolve(PairsConfig, generator=world["g"], alpha=world["a"],
-                           out=str(base / "pairs_1dev"), n=N, batch=5, threshold=0.5,
-                           num_devices=1))
-  a, b = _records(world["pairs"]["path"]), _records(one["path"])
+  runs = []
+  for devices, batch in ((4, 2), (1, 5)):
+    out = str(base / f"pairs_cli_{devices}dev")
+    r = cli_runner.run([sys.executable, "-m", "experiments.make_pairs", f"--generator={world['g']}",
+                        f"--alpha={world['a']}", f"--out={out}", f"--n={N}", f"--batch={batch}",
+                        "--threshold=0.5"], cwd=ROOT, env=cli_env(devices, exact=True),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs.append(_records(os.path.join(out, "data", "l4f_pairs", "16px", "1.0.0")))
+  a, b = runs
   assert [int(r["id"]) for r in a] == list(range(N)) == [int(r["id"]) for r in b]
   for ra, rb in zip(a, b):
     for k in ("image", "alpha", "mask"):
       np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+  a = _records(world["pairs"]["path"])  # the in-process run's pairs
   # The hard mask is the official rule on the float alpha; the stored alpha is round(255 alpha).
   for r in a:
     mask, alpha = r["mask"][..., 0] == 255, r["alpha"][..., 0].astype(np.float64) / 255
