@@ -36,6 +36,7 @@ RULES = {"small_gemm": (dict(GEMM_MAX_PIXELS=SMALL_GEMM_PIXELS), "all"),
          "winograd4": (dict(WINOGRAD, WINOGRAD_TILE=4), "3x3"),
          "im2col": (dict(IM2COL_MIN_CHANNELS=1), "all")}
 IM2COL_BF16 = dict(IM2COL_BF16_MIN=1, IM2COL_BF16_MAX=10**9, IM2COL_BF16_DW_MIN=1)
+IM2COL_OFF = dict(IM2COL_BF16_MIN=10**9, IM2COL_BF16_DW_MIN=10**9)  # bf16: it takes precedence
 
 _SCRIPT = """
 import sys
@@ -178,7 +179,8 @@ def test_bf16_gemm_path_to_second_order(form):
     return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 1,
                                                       impl=impl).astype(jnp.float32)))
   r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
-  rules = dict(amx={}, winograd=dict(WINOGRAD, WINOGRAD_TILE=4), im2col=IM2COL_BF16)[form]
+  rules = dict(amx=IM2COL_OFF, winograd=dict(IM2COL_OFF, **WINOGRAD, WINOGRAD_TILE=4),
+               im2col=IM2COL_BF16)[form]
   with conv_rules(**rules):
     got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
                h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))

@@ -128,6 +128,15 @@ def varying_axes(x) -> frozenset:
 #   from 14.9 s to 18.5 s on the least loaded machine (its transforms are memory-bound), 27.3 ->
 #   22.8 s and 26.9 -> 26.3 s on loaded ones. F(4 x 4) float32 error 1-2e-5 relative (F(2 x 2) and
 #   the direct conv 1e-6); the built-in world's <= 64-channel convs never take it.
+# - im2col (`_im2col_conv`, `_im2col_weight_grad`), taking precedence over the forms above:
+#   bfloat16 convs with channels in and out within IM2COL_BF16_MIN .. IM2COL_BF16_MAX (forward and
+#   input gradient) and weight gradients with both >= IM2COL_BF16_DW_MIN run as one bf16 GEMM of
+#   the column patches (K = kw*Cin, N = kh*Cout; the row shifts fused into the output sum), float32
+#   accumulation (AMX), the patches moved as uint16 bits. On at >= 128 channels (every 256 px
+#   config-f conv but the 1x1 ToRGB): the 256 px config-f bf16 plain iteration 32.4 s -> 21.1 s at
+#   load 3.3-4.8 (weight gradients alone 28.1 s; docs/benchmarks.md "im2col"); it replaces
+#   Winograd at 128 and 256 channels and the AMX tap GEMMs at 512. Float32 and float64:
+#   IM2COL_MIN_CHANNELS, off (10**9), on only in tests.
 AMX_MIN_CHANNELS = 256
 GEMM_MAX_PIXELS = 0
 WINOGRAD_MIN_CHANNELS = 10**9
@@ -136,9 +145,9 @@ WINOGRAD_TILE = 4
 WINOGRAD_BF16_MIN = 128
 WINOGRAD_BF16_MAX = 256
 IM2COL_MIN_CHANNELS = 10**9
-IM2COL_BF16_MIN = 10**9
+IM2COL_BF16_MIN = 128
 IM2COL_BF16_MAX = 10**9
-IM2COL_BF16_DW_MIN = 10**9
+IM2COL_BF16_DW_MIN = 128
 # The names of the shape rules above: `conv_rules` overrides them while a program is traced (the
 # benchmark's --jax_variants times such variants side by side; tests force a form on at small shapes).
 CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
@@ -329,7 +338,8 @@ def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
   (256 px config-f D: the R1 program ran at 7.6 GFLOP/s per core, the forward pass at 55). The
   values are the same up to summation order (tests/test_conv.py, float64).
 
-  bfloat16 (`--compute_dtype=bfloat16`) with >= AMX_MIN_CHANNELS channels in and out: the forward
+  bfloat16 (`--compute_dtype=bfloat16`) with >= AMX_MIN_CHANNELS channels in and out (where the
+  im2col rules below are set off; they take precedence): the forward
   and input gradient run as kh*kw bf16 GEMMs and the weight gradient as one, all accumulating in
   float32 (`preferred_element_type`), XLA:CPU's AMX path; each result is rounded to bfloat16 once.
   Where the precision lives in a bf16 step: the GEMM/conv accumulations and the demodulation
@@ -337,9 +347,13 @@ def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
   R1 penalty and its gradient's reductions, the parameters and the Adam state in float32 (the
   parameters are cast to bf16 at each use, and their bf16 cotangents back to float32).
 
-  bfloat16 3x3 pad-1 convs with 128 or 256 channels and >= 64 x 64 output pixels (the shape rules
-  above) run as float32 Winograd F(4x4, 3x3) on the bf16 inputs, rounded to bf16 once: forward and
-  input gradient; the weight gradient keeps its GEMM forms.
+  Likewise, where im2col is set off, bfloat16 3x3 pad-1 convs with 128 or 256 channels and >= 64 x
+  64 output pixels run as float32 Winograd F(4x4, 3x3) on the bf16 inputs, rounded to bf16 once.
+
+  bfloat16 with >= 128 channels in and out (IM2COL_BF16_*, the default): forward, input gradient
+  and weight gradient as one bf16 GEMM each of the column patches (`_im2col_conv`), float32
+  accumulation, rounded to bf16 once; the patches are exact copies of the bf16 inputs (moved as
+  bits), so the precision is that of the per-tap forms.
   """
   return _conv_s1(x, weight, pads)
 
