@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # so that both weight-gradient forms are checked: (12, 3, 1, 1) has 144 output pixels, more than
 # that, and takes the per-tap form; the others the single patches GEMM. With WINOGRAD forced on
 # (every channel count and size) it runs the 3x3 pad-1 stride-1 cases, whose forward and input
-# gradients then are Winograd convs; 7 and 9 px are not multiples of the tiles (2, 4).
+# gradients then are Winograd convs; 7 and 9 px are not multiples of the tiles (2, 4). With IM2COL
+# forced on, every case's forward, input and weight gradients are the column-patches GEMMs.
 SMALL_GEMM_PIXELS = 64
 CASES = [(8, 3, 1, 1), (8, 1, 1, 0), (9, 3, 2, 0), (7, 1, 2, 0), (6, 2, 1, 1), (5, 1, 1, 0),
          (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1), (7, 3, 1, 1), (9, 3, 1, 1)]
@@ -32,7 +33,10 @@ WINOGRAD = dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_BF16_MIN=1,
                 WINOGRAD_BF16_MAX=10**9, WINOGRAD_MIN_PIXELS=1)
 RULES = {"small_gemm": (dict(GEMM_MAX_PIXELS=SMALL_GEMM_PIXELS), "all"),
          "winograd2": (dict(WINOGRAD, WINOGRAD_TILE=2), "3x3"),
-         "winograd4": (dict(WINOGRAD, WINOGRAD_TILE=4), "3x3")}
+         "winograd4": (dict(WINOGRAD, WINOGRAD_TILE=4), "3x3"),
+         "im2col": (dict(IM2COL_MIN_CHANNELS=1), "all")}
+IM2COL_BF16 = dict(IM2COL_BF16_MIN=1, IM2COL_BF16_MAX=10**9, IM2COL_BF16_DW_MIN=1)
+IM2COL_OFF = dict(IM2COL_BF16_MIN=10**9, IM2COL_BF16_DW_MIN=10**9)  # bf16: it takes precedence
 
 _SCRIPT = """
 import sys
@@ -102,12 +106,13 @@ def float64_report():
 def test_phase_conv_matches_torch_to_second_order_float64(rules, float64_report):
   """Forward, both gradients and the second derivative through the input gradient (what R1
   differentiates) agree with torch in float64 to <= 1e-12 relative, for strides 1, 2, 3; with
-  Winograd forced on, the 3x3 same convs, whose programs then hold no convolution at all."""
+  Winograd forced on, the 3x3 same convs, and with im2col every case, whose programs then hold
+  no convolution at all."""
   worst = dict(float64_report[rules])
   convs = worst.pop("convs")
   assert set(worst) == {"y", "gx", "gw", "hx", "hw"}
   assert max(worst.values()) < 1e-12, worst
-  assert (convs == 0) == rules.startswith("winograd"), convs
+  assert (convs == 0) == (rules != "small_gemm"), convs
 
 
 @pytest.mark.parametrize("impl", ["phases", "xla"])
@@ -156,14 +161,15 @@ def test_case_list_covers_both_weight_gradient_forms():
   assert min(sizes) <= SMALL_GEMM_PIXELS < max(sizes), sizes
 
 
-@pytest.mark.parametrize("form", ["amx", "winograd"])
+@pytest.mark.parametrize("form", ["amx", "winograd", "im2col"])
 def test_bf16_gemm_path_to_second_order(form):
   """bfloat16 at AMX_MIN_CHANNELS channels: the bf16 GEMM forms with float32 accumulation ("amx"),
-  or with Winograd forced on, its float32 form on the bf16 inputs ("winograd"): forward, both
-  gradients and the R1-like second derivative against JAX's own derivatives of one float32 lax
-  conv on the same bf16-rounded inputs, within a few bf16 roundings (u = 2^-8); and the compiled
-  forward is GEMMs (bf16 operands, float32 result; Winograd: float32, 36 = 6 x 6 batched), no
-  convolution."""
+  with Winograd forced on, its float32 form on the bf16 inputs ("winograd"), or with im2col forced
+  on, one column-patches GEMM per conv and weight gradient, its data moved as bits ("im2col"):
+  forward, both gradients and the R1-like second derivative against JAX's own derivatives of one
+  float32 lax conv on the same bf16-rounded inputs, within a few bf16 roundings (u = 2^-8); and
+  the compiled forward is GEMMs (bf16 operands, float32 result; Winograd: float32, 36 = 6 x 6
+  batched), no convolution."""
   c = AMX_MIN_CHANNELS
   bf = jnp.bfloat16
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, c)).astype(bf)
@@ -174,7 +180,9 @@ def test_bf16_gemm_path_to_second_order(form):
     return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 1,
                                                       impl=impl).astype(jnp.float32)))
   r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
-  with conv_rules(**(dict(WINOGRAD, WINOGRAD_TILE=4) if form == "winograd" else {})):
+  rules = dict(amx=IM2COL_OFF, winograd=dict(IM2COL_OFF, **WINOGRAD, WINOGRAD_TILE=4),
+               im2col=IM2COL_BF16)[form]
+  with conv_rules(**rules):
     got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
                h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
     fwd = jax.jit(lambda x, w: conv2d(x, w, 1, 1, impl="phases")).lower(x, w)
@@ -192,5 +200,6 @@ def test_bf16_gemm_path_to_second_order(form):
                           r"tensor<\w+xf32>", fwd.as_text())
   winograd_gemms = re.findall(r"dot_general.*batching_dims.*: \(tensor<36x\w+xf32>, tensor<36x\w+xf32>\) -> "
                               r"tensor<36x\w+xf32>", fwd.as_text())
-  assert (len(bf16_gemms), len(winograd_gemms)) == ((9, 0) if form == "amx" else (0, 1)), \
+  assert (len(bf16_gemms), len(winograd_gemms)) == dict(amx=(9, 0), winograd=(0, 1),
+                                                        im2col=(1, 0))[form], \
       fwd.as_text()[-3000:]

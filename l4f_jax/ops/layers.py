@@ -128,6 +128,15 @@ def varying_axes(x) -> frozenset:
 #   from 14.9 s to 18.5 s on the least loaded machine (its transforms are memory-bound), 27.3 ->
 #   22.8 s and 26.9 -> 26.3 s on loaded ones. F(4 x 4) float32 error 1-2e-5 relative (F(2 x 2) and
 #   the direct conv 1e-6); the built-in world's <= 64-channel convs never take it.
+# - im2col (`_im2col_conv`, `_im2col_weight_grad`), taking precedence over the forms above:
+#   bfloat16 convs with channels in and out within IM2COL_BF16_MIN .. IM2COL_BF16_MAX (forward and
+#   input gradient) and weight gradients with both >= IM2COL_BF16_DW_MIN run as one bf16 GEMM of
+#   the column patches (K = kw*Cin, N = kh*Cout; the row shifts fused into the output sum), float32
+#   accumulation (AMX), the patches moved as uint16 bits. On at >= 128 channels (every 256 px
+#   config-f conv but the 1x1 ToRGB): the 256 px config-f bf16 plain iteration 32.4 s -> 21.1 s at
+#   load 3.3-4.8 (weight gradients alone 28.1 s; docs/benchmarks.md "im2col"); it replaces
+#   Winograd at 128 and 256 channels and the AMX tap GEMMs at 512. Float32 and float64:
+#   IM2COL_MIN_CHANNELS, off (10**9), on only in tests.
 AMX_MIN_CHANNELS = 256
 GEMM_MAX_PIXELS = 0
 WINOGRAD_MIN_CHANNELS = 10**9
@@ -135,11 +144,16 @@ WINOGRAD_MIN_PIXELS = 64 * 64
 WINOGRAD_TILE = 4
 WINOGRAD_BF16_MIN = 128
 WINOGRAD_BF16_MAX = 256
+IM2COL_MIN_CHANNELS = 10**9
+IM2COL_BF16_MIN = 128
+IM2COL_BF16_MAX = 10**9
+IM2COL_BF16_DW_MIN = 128
 # The names of the shape rules above: `conv_rules` overrides them while a program is traced (the
 # benchmark's --jax_variants times such variants side by side; tests force a form on at small shapes).
 CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
               "WINOGRAD_MIN_PIXELS", "WINOGRAD_TILE", "WINOGRAD_BF16_MIN",
-              "WINOGRAD_BF16_MAX")
+              "WINOGRAD_BF16_MAX", "IM2COL_MIN_CHANNELS", "IM2COL_BF16_MIN", "IM2COL_BF16_MAX",
+              "IM2COL_BF16_DW_MIN")
 
 
 def conv_rule_error(name: str, value: int) -> Optional[str]:
@@ -190,6 +204,72 @@ def _tap_gemm_conv(x, weight, pads):
   return y.reshape(x.shape[0], ho, wo, cout).astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _moved(f, x):
+  """f(x) for a data movement f (pads, slices, concatenations, transposes) of bfloat16 x, moved as
+  uint16 bits: XLA:CPU moves bf16 data through float32 copies. Its derivatives are f's own."""
+  return lax.bitcast_convert_type(f(lax.bitcast_convert_type(x, jnp.uint16)), x.dtype)
+
+
+def _moved_fwd(f, x):
+  return _moved(f, x), x
+
+
+def _moved_bwd(f, x, g):
+  return jax.vjp(f, x)[1](g)
+
+
+_moved.defvjp(_moved_fwd, _moved_bwd)
+
+
+def _move(f, x):
+  return _moved(f, x) if x.dtype == jnp.bfloat16 else f(x)
+
+
+def _im2col(x, weight, weight_grad: bool = False) -> bool:
+  channels = min(x.shape[-1], weight.shape[-1])
+  if x.dtype != jnp.bfloat16:
+    return channels >= IM2COL_MIN_CHANNELS
+  if weight_grad:
+    return channels >= IM2COL_BF16_DW_MIN
+  return IM2COL_BF16_MIN <= channels <= IM2COL_BF16_MAX
+
+
+def _column_patches(xp, kw, wo):
+  """[B, H, wo, kw*Cin]: the kw column-shifted copies of the padded input side by side (taps j,
+  channels c: the order of an HWIO kernel row)."""
+  return _move(lambda v: jnp.concatenate([v[:, :, j:j + wo] for j in range(kw)], axis=-1), xp)
+
+
+def _im2col_conv(x, weight, pads):
+  """The conv as one GEMM [B*(ho + kh - 1)*wo, kw*Cin] x [kw*Cin, kh*Cout] of the column patches
+  with the kernel rows side by side, accumulated in float32; output row h sums kernel row i's
+  block at patch row h + i, and is rounded once. K = kw*Cin and N = kh*Cout instead of Cin and
+  Cout per tap: fewer, larger GEMMs, and the row shifts fuse into the final sum."""
+  kh, kw, cin, cout = weight.shape
+  xp = _move(lambda v: jnp.pad(v, ((0, 0),) + tuple(pads) + ((0, 0),)), x)
+  ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  p = _column_patches(xp, kw, wo)
+  wn = jnp.transpose(weight, (1, 2, 0, 3)).reshape(kw * cin, kh * cout)
+  y = lax.dot_general(p.reshape(-1, kw * cin), wn, (((1,), (0,)), ((), ())),
+                      preferred_element_type=_acc(x.dtype)).reshape(p.shape[:3] + (kh, cout))
+  return sum(y[:, i:i + ho, :, i] for i in range(kh)).astype(x.dtype)
+
+
+def _im2col_weight_grad(xp, dy, kh, kw):
+  """dw of `_im2col_conv`: one GEMM [kh*Cout, B*H*wo] x [B*H*wo, kw*Cin] of dy shifted down by
+  each kernel row i (channel-first: row-major operands, XLA:CPU's fast bf16 GEMM) with the column
+  patches."""
+  cin, (b, ho, wo, cout) = xp.shape[-1], dy.shape
+  hp = ho + kh - 1
+  dyt = _move(lambda v: jnp.concatenate(
+      [jnp.pad(jnp.transpose(v, (3, 0, 1, 2)), ((0, 0), (0, 0), (i, kh - 1 - i), (0, 0)))
+       for i in range(kh)]).reshape(kh * cout, b * hp * wo), dy)
+  p = _column_patches(xp, kw, wo).reshape(-1, kw * cin)
+  dw = lax.dot_general(dyt, p, (((1,), (0,)), ((), ())), preferred_element_type=_acc(dy.dtype))
+  return jnp.transpose(dw.reshape(kh, cout, kw, cin), (0, 2, 3, 1))
+
+
 # Winograd F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
 # CVPR 2016, arXiv:1509.09308): {m: (B^T, G, A^T)} from the interpolation points 0, +-1, (+-2,) inf;
 # per (m + 2)^2 input tile d, the m x m output tile is A^T [(G w G^T) * (B^T d B)] A.
@@ -237,6 +317,8 @@ def _winograd_conv(x, weight):
 
 
 def _conv_s1(x, weight, pads):
+  if _im2col(x, weight):
+    return _im2col_conv(x, weight.astype(x.dtype), pads)
   if _winograd(x, weight, pads):
     return _winograd_conv(x, weight)
   if _amx(x, weight):
@@ -256,7 +338,8 @@ def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
   (256 px config-f D: the R1 program ran at 7.6 GFLOP/s per core, the forward pass at 55). The
   values are the same up to summation order (tests/test_conv.py, float64).
 
-  bfloat16 (`--compute_dtype=bfloat16`) with >= AMX_MIN_CHANNELS channels in and out: the forward
+  bfloat16 (`--compute_dtype=bfloat16`) with >= AMX_MIN_CHANNELS channels in and out (where the
+  im2col rules below are set off; they take precedence): the forward
   and input gradient run as kh*kw bf16 GEMMs and the weight gradient as one, all accumulating in
   float32 (`preferred_element_type`), XLA:CPU's AMX path; each result is rounded to bfloat16 once.
   Where the precision lives in a bf16 step: the GEMM/conv accumulations and the demodulation
@@ -264,9 +347,13 @@ def conv2d_s1(x, weight, pads=((0, 0), (0, 0))):
   R1 penalty and its gradient's reductions, the parameters and the Adam state in float32 (the
   parameters are cast to bf16 at each use, and their bf16 cotangents back to float32).
 
-  bfloat16 3x3 pad-1 convs with 128 or 256 channels and >= 64 x 64 output pixels (the shape rules
-  above) run as float32 Winograd F(4x4, 3x3) on the bf16 inputs, rounded to bf16 once: forward and
-  input gradient; the weight gradient keeps its GEMM forms.
+  Likewise, where im2col is set off, bfloat16 3x3 pad-1 convs with 128 or 256 channels and >= 64 x
+  64 output pixels run as float32 Winograd F(4x4, 3x3) on the bf16 inputs, rounded to bf16 once.
+
+  bfloat16 with >= 128 channels in and out (IM2COL_BF16_*, the default): forward, input gradient
+  and weight gradient as one bf16 GEMM each of the column patches (`_im2col_conv`), float32
+  accumulation, rounded to bf16 once; the patches are exact copies of the bf16 inputs (moved as
+  bits), so the precision is that of the per-tap forms.
   """
   return _conv_s1(x, weight, pads)
 
@@ -286,6 +373,8 @@ def _weight_grad(xp, dy, kh, kw):
   cin, ho, wo = xp.shape[-1], dy.shape[1], dy.shape[2]
   dy2 = dy.reshape(-1, dy.shape[-1])
   acc = _acc(dy.dtype)
+  if _im2col(xp, dy, weight_grad=True):
+    return _im2col_weight_grad(xp, dy, kh, kw)
   if (xp.dtype == jnp.bfloat16 and min(cin, dy2.shape[1]) >= AMX_MIN_CHANNELS) \
       or ho * wo <= GEMM_MAX_PIXELS:
     xt = jnp.transpose(xp, (3, 0, 1, 2))                       # [Cin, B, H + pads, W + pads]
