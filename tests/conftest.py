@@ -35,10 +35,10 @@ def pytest_xdist_auto_num_workers(config):
 # (xdist hands out whole files in this order, `--dist loadfile --no-loadscope-reorder`). Their
 # order comes from `--durations=0` of the full suite on 2 cores, summed per file; the other files
 # follow in name order.
-LONGEST_FIRST = ("test_method_parity", "test_interrupts", "test_hostile", "test_train_cli",
-                 "test_stylegan2_parity", "test_multihost", "test_docs", "test_programs",
-                 "test_bf16", "test_conv", "test_sharding", "test_gan", "test_inference",
-                 "test_pipeline_cli", "test_artifact", "test_benchmark")
+LONGEST_FIRST = ("test_method_parity", "test_interrupts", "test_hostile", "test_multihost",
+                 "test_stylegan2_parity", "test_train_cli", "test_programs", "test_sharding",
+                 "test_benchmark", "test_pipeline_cli", "test_docs", "test_inversion", "test_gan",
+                 "test_conv", "test_nvidia_e2e", "test_bf16", "test_nvidia", "test_artifact")
 
 
 def pytest_collection_modifyitems(items):
