@@ -655,7 +655,8 @@ CASES = {
                                               says=("--torch_modconv", "nonfused_depthwise")),
     "benchmark_jax_variant_unknown_rule": Case(
         "benchmark", ("--what=iteration", "--jax_variants=float32,float32+WINOGRAD=1"),
-        says=("--jax_variants", "'WINOGRAD' is not a conv rule", "AMX_MIN_CHANNELS")),
+        says=("--jax_variants", "'WINOGRAD' is not a conv rule", "similar: WINOGRAD_MIN_CHANNELS,",
+              "CONV_RULES")),
     "benchmark_jax_variant_rule_not_an_integer": Case(
         "benchmark", ("--what=iteration", "--jax_variants=bfloat16+GEMM_MAX_PIXELS=many"),
         says=("--jax_variants", "'GEMM_MAX_PIXELS=many'", "integer")),

@@ -8,6 +8,7 @@ params['conv']['modulation']['weight'].
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import math
 from typing import Any, Optional, Sequence
@@ -159,7 +160,11 @@ CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
 def conv_rule_error(name: str, value: int) -> Optional[str]:
   """Why `name = value` is not a valid conv rule setting, or None."""
   if name not in CONV_RULES:
-    return f"{name!r} is not a conv rule: {','.join(CONV_RULES)}"
+    similar = [r for r in CONV_RULES if r.startswith(name.split("_")[0] + "_")]
+    similar = similar or difflib.get_close_matches(name, CONV_RULES)
+    return (f"{name!r} is not a conv rule (" + (f"similar: {', '.join(similar[:3])}; "
+                                                if similar else "") +
+            "all: l4f_jax.ops.layers.CONV_RULES)")
   if name == "WINOGRAD_TILE" and value not in _WINOGRAD:
     return f"WINOGRAD_TILE={value} must be one of {sorted(_WINOGRAD)}"
   return None
