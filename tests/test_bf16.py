@@ -20,7 +20,6 @@ from l4f_jax.models.stylegan2 import mean_latent
 from l4f_jax.system.weights import discriminator_from_config, generator_from_config
 from tests.tiny_world import random_generator_params, tiny_config
 
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 U = 2.0 ** -8
 SIZE, BATCH = 16, 4
 
@@ -43,10 +42,10 @@ def runs():
     state = step_lib.init_state(cfg, models, alpha, d_params)
     step = jax.jit(step_lib.train_step, static_argnames=("models", "cfg", "do_r1", "axis_name"))
     new_state, metrics = step.lower(state, g_params, w_avg, real, inputs, models=models, cfg=cfg,
-                                    do_r1=True).compile(FAST)(state, g_params, w_avg, real, inputs)
+                                    do_r1=True).compile()(state, g_params, w_avg, real, inputs)
     comp = jax.jit(step_lib.composite, static_argnames=("models", "cfg")).lower(
         g_params, alpha, w_avg, inputs.z_a, inputs.noise_fg_a, inputs.noise_bg_a, models=models,
-        cfg=cfg).compile(FAST)
+        cfg=cfg).compile()
     x_c, a, fg, bg = comp(g_params, alpha, w_avg, inputs.z_a, inputs.noise_fg_a, inputs.noise_bg_a)
     out[name] = dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics),
                      alpha=np.asarray(a), fg=np.asarray(fg), bg=np.asarray(bg))

@@ -23,8 +23,6 @@ from l4f_jax.system import sharding
 from l4f_jax.system.weights import discriminator_from_config, generator_from_config
 from tests.tiny_world import tiny_config
 
-# Cheap XLA compiles: the tiny programs run in milliseconds either way.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 DEVICES, PER_DEVICE, ITERS, SEED = 4, 2, 3, 7
 
 
@@ -66,7 +64,7 @@ def _train(world, n_devices, chunks):
     if do_r1 not in fns:
       fn = training.make_train_step(world["models"], cfg, mesh, global_batch=len(real), seed=SEED,
                                     do_r1=do_r1)
-      fns[do_r1] = fn.lower(state, g, w, real).compile(compiler_options=FAST)
+      fns[do_r1] = fn.lower(state, g, w, real).compile()
     state, m = fns[do_r1](state, g, w, real)
     metrics.append(jax.device_get(m))
   return sharding.to_host(state), metrics

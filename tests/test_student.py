@@ -15,14 +15,12 @@ from l4f_jax.system import sharding
 from l4f_jax.system.augment import AugmentConfig, augment_batch
 
 TINY = UNet(base_width=4, depth=2, blocks_per_level=1, max_width=8, norm_groups=2)
-# Cheap XLA compiles: at the default optimisation level, compiling the U-Net's random init alone
-# takes ~15 s on a loaded 2-core machine (~1 s with these); the tiny programs run in ms either way.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _compile(fn, *args):
-  """jit(fn) compiled for `args` with the cheap options (static config goes in via partial)."""
-  return jax.jit(fn).lower(*args).compile(compiler_options=FAST)
+  """jit(fn) compiled for `args`, with the tests' cheap XLA flags (conftest.py, tiny_world.FAST_XLA;
+  static config goes in via partial)."""
+  return jax.jit(fn).lower(*args).compile()
 
 
 def _params(model, shape, key=0):
