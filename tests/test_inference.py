@@ -11,6 +11,18 @@ from l4f_jax.system.weights import generator_from_config
 from tests.tiny_world import tiny_config
 
 
+# The same samples computed by two different programs (another batch size, or another background
+# pass beside them) may differ in the last bits: XLA:CPU picks its kernels' blocking, and with it
+# the summation order, from the shapes, the compiled program and the CPU. Measured: 1.7e-6 at
+# |x| = 3.2 (4.4 float32 ulps) on AMD Zen 4 with the tests' compile flags; bit-identical on Intel
+# Sapphire Rapids. A few ulps of the largest value; a wrong key or pairing moves values by ~1.
+ROUNDING = 16 * np.finfo(np.float32).eps
+
+
+def _equal_up_to_rounding(got, want, name):
+  np.testing.assert_allclose(got, want, rtol=0, atol=ROUNDING * np.abs(want).max(), err_msg=name)
+
+
 def test_sample_masks():
   g = generator_from_config(tiny_config(16))
   a = AlphaNetwork(16)
@@ -33,11 +45,13 @@ def test_sample_masks():
   np.testing.assert_allclose(out["composite"], a_ * out["image"] + (1 - a_) * out["background"],
                              atol=1e-6)
   again = inference.sample_masks(g_params, a_params, w_avg, key, 3, 3, **kw)
-  for k in out:  # sample i depends on (key, i) only
-    np.testing.assert_allclose(out[k], again[k], atol=1e-6, err_msg=k)
+  for k in ("image", "background", "composite", "alpha"):  # sample i depends on (key, i) only
+    _equal_up_to_rounding(again[k], out[k], k)
+  decided = np.abs(out["alpha"][..., 0] - 0.5) > ROUNDING * np.abs(out["alpha"]).max()
+  np.testing.assert_array_equal(again["hard_mask"][decided], out["hard_mask"][decided])
   paired = inference.sample_masks(g_params, a_params, w_avg, key, 3, 3, independent_bg=False,
                                   **kw)
-  np.testing.assert_allclose(paired["image"], out["image"], atol=1e-6)
+  _equal_up_to_rounding(paired["image"], out["image"], "image")
   assert np.max(np.abs(paired["background"] - out["background"])) > 1e-3
 
 

@@ -48,23 +48,35 @@ def _records(path):
 
 
 def test_pairs_are_deterministic_and_independent_of_the_device_count(world):
-  """experiments.make_pairs on 4 devices (batch 2) and on 1 (batch 5) writes the same pairs, bit
-  for bit, compiled as users' programs are (XLA's fusion emitters: tests/tiny_world.EXACT_XLA)."""
+  """experiments.make_pairs on 4 devices (batch 2) writes the in-process run's pairs bit for bit,
+  and on 1 device (batch 5) the same pairs up to float rounding.
+
+  Another device count is another compiled program, and XLA:CPU picks its kernels' blocking, and
+  so the summation order, from the shapes and the CPU: on AMD Zen 4 one uint8 level of one pixel in
+  24 pairs differed (bit-identical on Intel Sapphire Rapids). Rounding moves a value across a
+  quantisation boundary by one level, at a small fraction of the values; a sample keyed by its
+  place in a batch instead of its index would differ everywhere, by up to 255."""
   base = world["base"]
   runs = []
   for devices, batch in ((4, 2), (1, 5)):
     out = str(base / f"pairs_cli_{devices}dev")
     r = cli_runner.run([sys.executable, "-m", "experiments.make_pairs", f"--generator={world['g']}",
                         f"--alpha={world['a']}", f"--out={out}", f"--n={N}", f"--batch={batch}",
-                        "--threshold=0.5"], cwd=ROOT, env=cli_env(devices, exact=True),
-                       timeout=300)
+                        "--threshold=0.5"], cwd=ROOT, env=cli_env(devices), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     runs.append(_records(os.path.join(out, "data", "l4f_pairs", "16px", "1.0.0")))
   a, b = runs
   assert [int(r["id"]) for r in a] == list(range(N)) == [int(r["id"]) for r in b]
-  for ra, rb in zip(a, b):
+  for ra, rw in zip(a, _records(world["pairs"]["path"])):  # same layout and flags: bit for bit
     for k in ("image", "alpha", "mask"):
-      np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+      np.testing.assert_array_equal(ra[k], rw[k], err_msg=k)
+  stack = lambda run, k: np.stack([r[k] for r in run]).astype(np.int32)
+  for k in ("image", "alpha"):
+    diff = np.abs(stack(a, k) - stack(b, k))
+    assert diff.max() <= 1 and np.mean(diff > 0) <= 0.01, (k, diff.max(), np.mean(diff > 0))
+  # the mask is alpha > 0.5 on the float alpha: it may flip only where alpha rounds to 127 or 128
+  flipped = stack(a, "mask") != stack(b, "mask")
+  assert np.all(np.isin(stack(a, "alpha")[flipped], (127, 128)))
   a = _records(world["pairs"]["path"])  # the in-process run's pairs
   # The hard mask is the official rule on the float alpha; the stored alpha is round(255 alpha).
   for r in a:
