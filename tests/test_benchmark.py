@@ -55,7 +55,8 @@ def test_bad_flags_exit_with_one_line(flag, message):
 
 def test_cpu_peaks_from_cpuinfo(tmp_path):
   """float32: cores x 2 FMA x 16 lanes (AVX-512) x 2 x clock; bf16 with AMX: cores x 1024 x clock;
-  no AVX-512: 8 lanes; no clock: None."""
+  no AVX-512, or AMD before Zen 5: 8 lanes; AVX512_BF16 without AMX: twice float32; no clock:
+  None."""
   from l4f_jax.system.flops import cpu_peak_gflops
   info = tmp_path / "cpuinfo"
   info.write_text("processor\t: 0\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu avx2 avx512f amx_bf16\n")
@@ -64,6 +65,13 @@ def test_cpu_peaks_from_cpuinfo(tmp_path):
   info.write_text("cpu MHz\t\t: 3000.000\nflags\t\t: fpu avx2\n")
   assert cpu_peak_gflops("float32", str(info), cores=2)[0] == 2 * 2 * 8 * 2 * 3.0
   assert cpu_peak_gflops("bfloat16", str(info), cores=2)[0] == 2 * 2 * 8 * 2 * 3.0
+  # AMD Zen 4 (family 25): AVX-512 on 256-bit FMA units; bf16 dot products at twice float32
+  info.write_text("vendor_id\t: AuthenticAMD\ncpu family\t: 25\ncpu MHz\t\t: 2500.000\n"
+                  "flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+  assert cpu_peak_gflops("float32", str(info), cores=2)[0] == 2 * 2 * 8 * 2 * 2.5
+  assert cpu_peak_gflops("bfloat16", str(info), cores=2)[0] == 2 * 2 * 8 * 4 * 2.5
+  info.write_text(info.read_text().replace("family\t: 25", "family\t: 26"))  # Zen 5: 512-bit FMAs
+  assert cpu_peak_gflops("float32", str(info), cores=2)[0] == 2 * 2 * 16 * 2 * 2.5
   info.write_text("flags\t\t: avx512f\n")
   assert cpu_peak_gflops("float32", str(info)) is None
   assert cpu_peak_gflops("float32", str(tmp_path / "missing")) is None

@@ -14,3 +14,12 @@ HARD_MASK_THRESHOLD = 0.9
 def hard_mask(alpha, threshold: float = HARD_MASK_THRESHOLD):
   """Boolean foreground of a soft mask (NumPy or jax arrays, any shape): alpha > threshold."""
   return alpha > threshold
+
+
+UNDECIDED = (0.1, 0.9)
+
+
+def undecided(alpha):
+  """Boolean pixels of a soft mask that are neither background nor foreground: 0.1 < alpha < 0.9
+  (the band that `experiments.make_pairs --max_undecided` and `evaluate` report)."""
+  return (alpha > UNDECIDED[0]) & (alpha < UNDECIDED[1])

@@ -137,7 +137,12 @@ def varying_axes(x) -> frozenset:
 #   config-f conv but the 1x1 ToRGB): the 256 px config-f bf16 plain iteration 32.4 s -> 21.1 s at
 #   load 3.3-4.8 (weight gradients alone 28.1 s; docs/benchmarks.md "im2col"); it replaces
 #   Winograd at 128 and 256 channels and the AMX tap GEMMs at 512. Float32 and float64:
-#   IM2COL_MIN_CHANNELS, off (10**9), on only in tests.
+#   IM2COL_MIN_CHANNELS (forward, input and weight gradients), off (10**9), on only in tests;
+#   IM2COL_DW_MIN_CHANNELS (weight gradients alone), on at >= 128 channels: its 3 column-shifted
+#   copies replace the 9 per-tap slices, which XLA copies before each tap's GEMM (3.4 s of the
+#   20.9 s float32 plain iteration at 256 px config-f on a 2-core AMD Zen 4); that iteration
+#   20.2 s -> 17.4 s there (docs/benchmarks.md "AMD Zen 4"). The built-in world's <= 64-channel
+#   convs never take it.
 AMX_MIN_CHANNELS = 256
 GEMM_MAX_PIXELS = 0
 WINOGRAD_MIN_CHANNELS = 10**9
@@ -146,6 +151,7 @@ WINOGRAD_TILE = 4
 WINOGRAD_BF16_MIN = 128
 WINOGRAD_BF16_MAX = 256
 IM2COL_MIN_CHANNELS = 10**9
+IM2COL_DW_MIN_CHANNELS = 128
 IM2COL_BF16_MIN = 128
 IM2COL_BF16_MAX = 10**9
 IM2COL_BF16_DW_MIN = 128
@@ -153,8 +159,8 @@ IM2COL_BF16_DW_MIN = 128
 # benchmark's --jax_variants times such variants side by side; tests force a form on at small shapes).
 CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
               "WINOGRAD_MIN_PIXELS", "WINOGRAD_TILE", "WINOGRAD_BF16_MIN",
-              "WINOGRAD_BF16_MAX", "IM2COL_MIN_CHANNELS", "IM2COL_BF16_MIN", "IM2COL_BF16_MAX",
-              "IM2COL_BF16_DW_MIN")
+              "WINOGRAD_BF16_MAX", "IM2COL_MIN_CHANNELS", "IM2COL_DW_MIN_CHANNELS",
+              "IM2COL_BF16_MIN", "IM2COL_BF16_MAX", "IM2COL_BF16_DW_MIN")
 
 
 def conv_rule_error(name: str, value: int) -> Optional[str]:
@@ -234,7 +240,8 @@ def _move(f, x):
 def _im2col(x, weight, weight_grad: bool = False) -> bool:
   channels = min(x.shape[-1], weight.shape[-1])
   if x.dtype != jnp.bfloat16:
-    return channels >= IM2COL_MIN_CHANNELS
+    return channels >= (min(IM2COL_MIN_CHANNELS, IM2COL_DW_MIN_CHANNELS) if weight_grad
+                        else IM2COL_MIN_CHANNELS)
   if weight_grad:
     return channels >= IM2COL_BF16_DW_MIN
   return IM2COL_BF16_MIN <= channels <= IM2COL_BF16_MAX

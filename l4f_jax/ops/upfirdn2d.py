@@ -69,8 +69,12 @@ def upfirdn2d(x: jnp.ndarray, kernel, up: int = 1, down: int = 1,
   factors = separable_factors(kernel)
   if factors is not None:
     kv, kh = factors
+    # bfloat16 filters in float32 and is rounded once: XLA:CPU rounds bf16 after every multiply
+    # and add, and its fused loops (forward and gradient) spend most of their time converting
+    dtype = x.dtype
+    x = x.astype(jnp.promote_types(dtype, jnp.float32))
     x = _fir_1d(x, kv, 1, up, down, p0, p1)
-    return _fir_1d(x, kh, 2, up, down, p0, p1)
+    return _fir_1d(x, kh, 2, up, down, p0, p1).astype(dtype)
   return _upfirdn2d_conv(x, kernel, up, down, pad)
 
 

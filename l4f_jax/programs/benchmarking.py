@@ -623,7 +623,7 @@ def report(what: str, args: Args, results: list[Result]) -> list[str]:
 
 def _cpu_peak_lines(results: list[Result], dtype: str) -> list[str]:
   """Every result's FLOP/s (the JAX program's count) against this CPU's float32 peak and, for
-  bfloat16, its AMX bf16 peak (flops.cpu_peak_gflops says how each is derived)."""
+  bfloat16, its bf16 peak: AMX or AVX512_BF16 (flops.cpu_peak_gflops says how each is derived)."""
   out = []
   for d in dict.fromkeys(("float32", dtype)):
     peak = cpu_peak_gflops(d)

@@ -224,7 +224,7 @@ def evaluate_generated(cfg: GeneratedEval, out_dir: Optional[str] = None) -> dic
   alpha = out["alpha"]
   result["soft"] = {"mean_alpha": float(alpha.mean()),
                     "frac_alpha_gt_threshold": float(out["hard_mask"].mean()),
-                    "frac_undecided_0.1_0.9": float(((alpha > 0.1) & (alpha < 0.9)).mean())}
+                    "frac_undecided_0.1_0.9": float(masks.undecided(alpha).mean())}
   result.update(source="generated", n=cfg.n, seed=cfg.seed, truncation=cfg.truncation,
                 threshold=cfg.threshold, oracle=cfg.oracle, generator=cfg.generator,
                 alpha=cfg.alpha)

@@ -116,7 +116,7 @@ def _generate(cfg, gen, alpha_params, mesh, global_batch, rows, parts) -> None:
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
     o = inference.sample_batch(g_params, a_params, w, keys, **kw)
     alpha = o["alpha"].astype(jnp.float32)
-    undecided = jnp.mean((alpha > 0.1) & (alpha < 0.9), axis=(1, 2, 3))
+    undecided = jnp.mean(masks.undecided(alpha), axis=(1, 2, 3))
     return {"image": _to_uint8_image(o["image"]),
             "alpha": jnp.floor(jnp.clip(alpha, 0, 1) * 255 + 0.5).astype(jnp.uint8),
             "mask": (o["hard_mask"][..., None] * 255).astype(jnp.uint8),

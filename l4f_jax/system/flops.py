@@ -88,11 +88,16 @@ def peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
   return None
 
 
-# x86 CPU peaks, derived from the CPU's flags and clock (Linux /proc/cpuinfo):
-#   float32: cores x 2 FMA units x SIMD lanes (16 with AVX-512, 8 with AVX2) x 2 FLOP per FMA x clock
-#            (two 512-bit FMA units: Intel Xeon Scalable Gold / Platinum and later);
+# x86 CPU peaks, derived from the CPU's vendor, family, flags and clock (Linux /proc/cpuinfo; the
+# clock is the one it reports, which boost clocks may exceed):
+#   float32: cores x 2 FMA units x SIMD lanes x 2 FLOP per FMA x clock. Lanes: 16 with AVX-512 on
+#            Intel (two 512-bit FMA units: Xeon Scalable Gold / Platinum and later); 8 with AVX2,
+#            and on AMD before Zen 5 (family < 26), whose FMA units are 256 bits wide and run
+#            AVX-512 in two halves (AMD's Zen 4 software optimization guide, 57647);
 #   bfloat16 with AMX-BF16: cores x 1024 FLOP per cycle (Intel's figure for the AMX TMUL unit:
-#            1,024 bf16 operations per cycle per core, Sapphire Rapids) x clock.
+#            1,024 bf16 operations per cycle per core, Sapphire Rapids) x clock;
+#   bfloat16 with AVX512_BF16 and no AMX: twice float32 (VDPBF16PS: two products per float32 lane
+#            and FMA unit per cycle).
 AMX_BF16_FLOP_PER_CYCLE = 1024
 
 
@@ -116,8 +121,13 @@ def cpu_peak_gflops(dtype: str, cpuinfo: str = "/proc/cpuinfo",
   if dtype == "bfloat16" and "amx_bf16" in flags:
     return (n * AMX_BF16_FLOP_PER_CYCLE * ghz,
             f"{n} cores x {AMX_BF16_FLOP_PER_CYCLE} bf16 FLOP/cycle (AMX) x {ghz:.2f} GHz")
-  lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else None
+  amd_halves = (fields.get("vendor_id") == "AuthenticAMD"
+                and fields.get("cpu family", "0").isdigit() and int(fields["cpu family"]) < 26)
+  lanes = (8 if amd_halves else 16) if "avx512f" in flags else 8 if "avx2" in flags else None
   if lanes is None:
     return None
+  if dtype == "bfloat16" and "avx512_bf16" in flags:
+    return (n * 2 * lanes * 4 * ghz,
+            f"{n} cores x 2 FMA x {lanes} lanes x 2 bf16 products x 2 x {ghz:.2f} GHz (AVX512_BF16)")
   return (n * 2 * lanes * 2 * ghz,
           f"{n} cores x 2 FMA x {lanes} lanes x 2 x {ghz:.2f} GHz float32")
