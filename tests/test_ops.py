@@ -49,6 +49,20 @@ def test_upfirdn2d_matches_numpy_reference(name, kernel, up, down, pad, hw):
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name,kernel,up,down,pad,hw", UPFIRDN_CASES[:4],
+                         ids=[c[0] for c in UPFIRDN_CASES[:4]])
+def test_upfirdn2d_bfloat16_is_rounded_once(name, kernel, up, down, pad, hw):
+  """bf16 in, bf16 out, one rounding: every output within u = 2^-8 (bf16's unit roundoff) of the
+  exact filter of the bf16 inputs. Rounding after each multiply-add (bf16 arithmetic) exceeds it."""
+  x = jnp.asarray(np.random.RandomState(1).randn(2, hw, hw + 1, 8), jnp.bfloat16)
+  got = np.asarray(upfirdn2d(x, kernel, up=up, down=down, pad=pad))
+  assert got.dtype == jnp.bfloat16
+  exact = upfirdn2d_np(_nchw(np.asarray(x, np.float64)), np.asarray(kernel, np.float64), up=up,
+                       down=down, pad=pad).transpose(0, 2, 3, 1)
+  err = np.abs(got.astype(np.float64) - exact)
+  assert np.all(err <= 2.0 ** -8 * np.abs(exact) + 1e-30), (err / np.abs(exact)).max()
+
+
 MODCONV_CASES = [  # (name, k, upsample, demodulate)
     ("plain", 3, False, True),
     ("upsample", 3, True, True),

@@ -377,6 +377,9 @@ def _conv2d_s1_fwd(x, weight, pads):
 def _weight_grad(xp, dy, kh, kw):
   """dw[i, j] = xp[:, i:, j:]^T dy over (b, h, w), the contraction flattened to 2-D GEMMs.
 
+  Both channel counts >= IM2COL_DW_MIN_CHANNELS (float32, float64; the default at >= 128) or
+  IM2COL_BF16_DW_MIN (bfloat16): one GEMM of the column patches (`_im2col_weight_grad`).
+
   bf16 on the AMX path, or a small output (<= GEMM_MAX_PIXELS pixels; off by default): one GEMM of
   the image patches [kh*kw*Cin, B*H*W] (built from the channel-first input, so that the GEMM's operands are
   in the row-major layout XLA:CPU's bf16 kernels take) with dy [B*H*W, Cout]. Otherwise one GEMM
