@@ -141,8 +141,11 @@ def varying_axes(x) -> frozenset:
 #   IM2COL_DW_MIN_CHANNELS (weight gradients alone), on at >= 128 channels: its 3 column-shifted
 #   copies replace the 9 per-tap slices, which XLA copies before each tap's GEMM (3.4 s of the
 #   20.9 s float32 plain iteration at 256 px config-f on a 2-core AMD Zen 4); that iteration
-#   20.2 s -> 17.4 s there (docs/benchmarks.md "AMD Zen 4"). The built-in world's <= 64-channel
-#   convs never take it.
+#   20.2 s -> 17.4 s there (docs/benchmarks.md "AMD Zen 4"); IM2COL_PHASE_MIN_CHANNELS (kernels
+#   smaller than 3 x 3: the 2x2, 2x1 and 1x2 phases of `conv2d`'s stride-2 convs and of
+#   `conv_transpose_stride2`, and 1x1 convs, with >= 128 channels in or out), on: XLA's conv ran
+#   D's 2x2 phase at 256 px at 21 GFLOP/s there (0.8 s a call), the 1x1 ToRGB at 2; the iteration
+#   17.9 s -> 16.9 s. The built-in world's <= 64-channel convs never take either.
 AMX_MIN_CHANNELS = 256
 GEMM_MAX_PIXELS = 0
 WINOGRAD_MIN_CHANNELS = 10**9
@@ -152,6 +155,7 @@ WINOGRAD_BF16_MIN = 128
 WINOGRAD_BF16_MAX = 256
 IM2COL_MIN_CHANNELS = 10**9
 IM2COL_DW_MIN_CHANNELS = 128
+IM2COL_PHASE_MIN_CHANNELS = 128
 IM2COL_BF16_MIN = 128
 IM2COL_BF16_MAX = 10**9
 IM2COL_BF16_DW_MIN = 128
@@ -160,7 +164,8 @@ IM2COL_BF16_DW_MIN = 128
 CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
               "WINOGRAD_MIN_PIXELS", "WINOGRAD_TILE", "WINOGRAD_BF16_MIN",
               "WINOGRAD_BF16_MAX", "IM2COL_MIN_CHANNELS", "IM2COL_DW_MIN_CHANNELS",
-              "IM2COL_BF16_MIN", "IM2COL_BF16_MAX", "IM2COL_BF16_DW_MIN")
+              "IM2COL_PHASE_MIN_CHANNELS", "IM2COL_BF16_MIN", "IM2COL_BF16_MAX",
+              "IM2COL_BF16_DW_MIN")
 
 
 def conv_rule_error(name: str, value: int) -> Optional[str]:
@@ -240,8 +245,11 @@ def _move(f, x):
 def _im2col(x, weight, weight_grad: bool = False) -> bool:
   channels = min(x.shape[-1], weight.shape[-1])
   if x.dtype != jnp.bfloat16:
-    return channels >= (min(IM2COL_MIN_CHANNELS, IM2COL_DW_MIN_CHANNELS) if weight_grad
-                        else IM2COL_MIN_CHANNELS)
+    if weight_grad:
+      return channels >= min(IM2COL_MIN_CHANNELS, IM2COL_DW_MIN_CHANNELS)
+    phase = weight.shape[0] * weight.shape[1] < 9  # 2x2, 2x1, 1x2 phases; 1x1
+    return channels >= IM2COL_MIN_CHANNELS or (
+        phase and max(x.shape[-1], weight.shape[-1]) >= IM2COL_PHASE_MIN_CHANNELS)
   if weight_grad:
     return channels >= IM2COL_BF16_DW_MIN
   return IM2COL_BF16_MIN <= channels <= IM2COL_BF16_MAX
