@@ -38,6 +38,7 @@ def test_iteration_tiny_runs_and_prints_ratio():
   assert "it/s" in out and "official_iteration" in out, out
   assert "FLOPs per iteration (amortised)" in out and "analytic" in out, out
   assert "ratio jax/torch time:" in out, out
+  assert "of this run's XLA float32 matmul [2048]^3 at" in out, out  # the measured roofline
   assert "official_iteration, fused" in out and "official_iteration, nonfused_depthwise" in out, out
   assert "official_iteration, nonfused)" not in out, out
 

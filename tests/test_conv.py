@@ -203,3 +203,34 @@ def test_bf16_gemm_path_to_second_order(form):
   assert (len(bf16_gemms), len(winograd_gemms)) == dict(amx=(9, 0), winograd=(0, 1),
                                                         im2col=(1, 0))[form], \
       fwd.as_text()[-3000:]
+
+
+@pytest.mark.parametrize("cin,cout", [(128, 3), (3, 128)])
+def test_bf16_1x1_conv_with_128_channels_on_one_side_is_a_gemm(cin, cout):
+  """bfloat16 1x1 convs with >= IM2COL_PHASE_MIN_CHANNELS channels on one side only (the ToRGB
+  128 -> 3, D's FromRGB 3 -> 128; the default rules): forward, both gradients and the R1-like
+  second derivative within a few bf16 roundings of JAX's derivatives of one float32 lax conv on the
+  same bf16-rounded inputs, and the compiled forward and its gradient hold no convolution (XLA:CPU
+  ran the bf16 ToRGB as a float32 conv at 2 GFLOP/s)."""
+  bf = jnp.bfloat16
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, cin)).astype(bf)
+  w = (jax.random.normal(jax.random.PRNGKey(1), (1, 1, cin, cout)) / cin ** 0.5).astype(bf)
+  cot = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 6, cout))
+
+  def loss(impl, dtype):
+    return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 0,
+                                                      impl=impl).astype(jnp.float32)))
+  r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
+  got = dict(y=conv2d(x, w, 1, 0, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
+             h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
+  want = dict(y=conv2d(x.astype(jnp.float32), w.astype(jnp.float32), 1, 0, impl="xla"),
+              g=jax.grad(loss("xla", jnp.float32), (0, 1))(x, w),
+              h=jax.grad(r1(loss("xla", jnp.float32)), (0, 1))(x, w))
+  for name in got:
+    for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
+      assert a.dtype == bf, (name, a.dtype)
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
+      assert rel < 8 * 2.0 ** -8, (name, rel)
+  for fn in (lambda x, w: conv2d(x, w, 1, 0, impl="phases"), jax.grad(loss("phases", bf), (0, 1))):
+    assert " convolution(" not in jax.jit(fn).lower(x, w).compile().as_text()

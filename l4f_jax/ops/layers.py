@@ -145,7 +145,9 @@ def varying_axes(x) -> frozenset:
 #   smaller than 3 x 3: the 2x2, 2x1 and 1x2 phases of `conv2d`'s stride-2 convs and of
 #   `conv_transpose_stride2`, and 1x1 convs, with >= 128 channels in or out), on: XLA's conv ran
 #   D's 2x2 phase at 256 px at 21 GFLOP/s there (0.8 s a call), the 1x1 ToRGB at 2; the iteration
-#   17.9 s -> 16.9 s. The built-in world's <= 64-channel convs never take either.
+#   17.9 s -> 16.9 s; in bfloat16 too, where the 1x1 ToRGB (128 -> 3, bf16 inputs) ran as XLA's
+#   float32 conv at 2 GFLOP/s (0.18 s of the 11 s plain iteration). The built-in world's
+#   <= 64-channel convs never take either.
 AMX_MIN_CHANNELS = 256
 GEMM_MAX_PIXELS = 0
 WINOGRAD_MIN_CHANNELS = 10**9
@@ -244,12 +246,13 @@ def _move(f, x):
 
 def _im2col(x, weight, weight_grad: bool = False) -> bool:
   channels = min(x.shape[-1], weight.shape[-1])
+  phase = not weight_grad and weight.shape[0] * weight.shape[1] < 9  # 2x2, 2x1, 1x2 phases; 1x1
+  if phase and max(x.shape[-1], weight.shape[-1]) >= IM2COL_PHASE_MIN_CHANNELS:
+    return True
   if x.dtype != jnp.bfloat16:
     if weight_grad:
       return channels >= min(IM2COL_MIN_CHANNELS, IM2COL_DW_MIN_CHANNELS)
-    phase = weight.shape[0] * weight.shape[1] < 9  # 2x2, 2x1, 1x2 phases; 1x1
-    return channels >= IM2COL_MIN_CHANNELS or (
-        phase and max(x.shape[-1], weight.shape[-1]) >= IM2COL_PHASE_MIN_CHANNELS)
+    return channels >= IM2COL_MIN_CHANNELS
   if weight_grad:
     return channels >= IM2COL_BF16_DW_MIN
   return IM2COL_BF16_MIN <= channels <= IM2COL_BF16_MAX
