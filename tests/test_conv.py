@@ -31,10 +31,14 @@ CASES = [(8, 3, 1, 1), (8, 1, 1, 0), (9, 3, 2, 0), (7, 1, 2, 0), (6, 2, 1, 1), (
          (11, 4, 2, 1), (10, 3, 3, 0), (7, 2, 1, 0), (12, 3, 1, 1), (7, 3, 1, 1), (9, 3, 1, 1)]
 WINOGRAD = dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_BF16_MIN=1,
                 WINOGRAD_BF16_MAX=10**9, WINOGRAD_MIN_PIXELS=1)
-RULES = {"small_gemm": (dict(GEMM_MAX_PIXELS=SMALL_GEMM_PIXELS), "all"),
-         "winograd2": (dict(WINOGRAD, WINOGRAD_TILE=2), "3x3"),
-         "winograd4": (dict(WINOGRAD, WINOGRAD_TILE=4), "3x3"),
-         "im2col": (dict(IM2COL_MIN_CHANNELS=1), "all")}
+# float64 takes the column patches by default (IM2COL_FLOAT64_MIN_CHANNELS, the "im2col" set's
+# form); every set turns that off, so that each float32 form (direct conv, per-tap and patches
+# weight gradients, Winograd, column patches by the float32 rule) is checked in float64.
+F64_DIRECT = dict(IM2COL_FLOAT64_MIN_CHANNELS=10**9)
+RULES = {"small_gemm": (dict(F64_DIRECT, GEMM_MAX_PIXELS=SMALL_GEMM_PIXELS), "all"),
+         "winograd2": (dict(F64_DIRECT, **WINOGRAD, WINOGRAD_TILE=2), "3x3"),
+         "winograd4": (dict(F64_DIRECT, **WINOGRAD, WINOGRAD_TILE=4), "3x3"),
+         "im2col": (dict(F64_DIRECT, IM2COL_MIN_CHANNELS=1), "all")}
 IM2COL_BF16 = dict(IM2COL_BF16_MIN=1, IM2COL_BF16_MAX=10**9, IM2COL_BF16_DW_MIN=1)
 IM2COL_OFF = dict(IM2COL_BF16_MIN=10**9, IM2COL_BF16_DW_MIN=10**9)  # bf16: it takes precedence
 

@@ -161,13 +161,18 @@ IM2COL_PHASE_MIN_CHANNELS = 128
 IM2COL_BF16_MIN = 128
 IM2COL_BF16_MAX = 10**9
 IM2COL_BF16_DW_MIN = 128
+# float64 (the parity tests' programs): every conv, input and weight gradient as column patches.
+# XLA:CPU runs float64 convolutions in a generic loop: the 256 px float64 method-parity case spent
+# 13.9 s of its 2 iterations in them; with this rule its JAX side took 16.8 s instead of 22.8 s
+# (tests/test_method_parity.py; forms checked to second order in float64 by tests/test_conv.py).
+IM2COL_FLOAT64_MIN_CHANNELS = 1
 # The names of the shape rules above: `conv_rules` overrides them while a program is traced (the
 # benchmark's --jax_variants times such variants side by side; tests force a form on at small shapes).
 CONV_RULES = ("AMX_MIN_CHANNELS", "GEMM_MAX_PIXELS", "WINOGRAD_MIN_CHANNELS",
               "WINOGRAD_MIN_PIXELS", "WINOGRAD_TILE", "WINOGRAD_BF16_MIN",
               "WINOGRAD_BF16_MAX", "IM2COL_MIN_CHANNELS", "IM2COL_DW_MIN_CHANNELS",
               "IM2COL_PHASE_MIN_CHANNELS", "IM2COL_BF16_MIN", "IM2COL_BF16_MAX",
-              "IM2COL_BF16_DW_MIN")
+              "IM2COL_BF16_DW_MIN", "IM2COL_FLOAT64_MIN_CHANNELS")
 
 
 def conv_rule_error(name: str, value: int) -> Optional[str]:
@@ -246,6 +251,8 @@ def _move(f, x):
 
 def _im2col(x, weight, weight_grad: bool = False) -> bool:
   channels = min(x.shape[-1], weight.shape[-1])
+  if x.dtype == jnp.float64 and channels >= IM2COL_FLOAT64_MIN_CHANNELS:
+    return True
   phase = not weight_grad and weight.shape[0] * weight.shape[1] < 9  # 2x2, 2x1, 1x2 phases; 1x1
   if phase and max(x.shape[-1], weight.shape[-1]) >= IM2COL_PHASE_MIN_CHANNELS:
     return True
