@@ -165,6 +165,33 @@ def test_case_list_covers_both_weight_gradient_forms():
   assert min(sizes) <= SMALL_GEMM_PIXELS < max(sizes), sizes
 
 
+def _bf16_loss(cot, pad, impl, dtype):
+  """L(x, w) = sum(cot * tanh(conv(x, w))) in `dtype`, summed in float32."""
+  return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, pad,
+                                                    impl=impl).astype(jnp.float32)))
+
+
+def _assert_bf16_near_float32(x, w, cot, pad, rules):
+  """The bf16 phase form (under `rules`): forward, both gradients and the R1-like second derivative
+  within 8 bf16 roundings (u = 2^-8) of JAX's own derivatives of one float32 lax conv on the same
+  bf16-rounded inputs, every result in bf16."""
+  bf = jnp.bfloat16
+  r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
+  with conv_rules(**rules):
+    got = dict(y=conv2d(x, w, 1, pad, impl="phases"),
+               g=jax.grad(_bf16_loss(cot, pad, "phases", bf), (0, 1))(x, w),
+               h=jax.grad(r1(_bf16_loss(cot, pad, "phases", bf)), (0, 1))(x, w))
+  want = dict(y=conv2d(x.astype(jnp.float32), w.astype(jnp.float32), 1, pad, impl="xla"),
+              g=jax.grad(_bf16_loss(cot, pad, "xla", jnp.float32), (0, 1))(x, w),
+              h=jax.grad(r1(_bf16_loss(cot, pad, "xla", jnp.float32)), (0, 1))(x, w))
+  for name in got:
+    for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
+      assert a.dtype == bf, (name, a.dtype)
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
+      assert rel < 8 * 2.0 ** -8, (name, rel)
+
+
 @pytest.mark.parametrize("form", ["amx", "winograd", "im2col"])
 def test_bf16_gemm_path_to_second_order(form):
   """bfloat16 at AMX_MIN_CHANNELS channels: the bf16 GEMM forms with float32 accumulation ("amx"),
@@ -179,26 +206,11 @@ def test_bf16_gemm_path_to_second_order(form):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, c)).astype(bf)
   w = (jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, c)) / (3 * c ** 0.5)).astype(bf)
   cot = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 5, c))
-
-  def loss(impl, dtype):
-    return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 1,
-                                                      impl=impl).astype(jnp.float32)))
-  r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
   rules = dict(amx=IM2COL_OFF, winograd=dict(IM2COL_OFF, **WINOGRAD, WINOGRAD_TILE=4),
                im2col=IM2COL_BF16)[form]
+  _assert_bf16_near_float32(x, w, cot, 1, rules)
   with conv_rules(**rules):
-    got = dict(y=conv2d(x, w, 1, 1, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
-               h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
     fwd = jax.jit(lambda x, w: conv2d(x, w, 1, 1, impl="phases")).lower(x, w)
-  want = dict(y=conv2d(x.astype(jnp.float32), w.astype(jnp.float32), 1, 1, impl="xla"),
-              g=jax.grad(loss("xla", jnp.float32), (0, 1))(x, w),
-              h=jax.grad(r1(loss("xla", jnp.float32)), (0, 1))(x, w))
-  for name in got:
-    for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
-      assert a.dtype == bf, (name, a.dtype)
-      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-      rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
-      assert rel < 8 * 2.0 ** -8, (name, rel)
   assert " convolution(" not in fwd.compile().as_text()
   bf16_gemms = re.findall(r"dot_general.*: \(tensor<\w+xbf16>, tensor<\w+xbf16>\) -> "
                           r"tensor<\w+xf32>", fwd.as_text())
@@ -220,21 +232,7 @@ def test_bf16_1x1_conv_with_128_channels_on_one_side_is_a_gemm(cin, cout):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, cin)).astype(bf)
   w = (jax.random.normal(jax.random.PRNGKey(1), (1, 1, cin, cout)) / cin ** 0.5).astype(bf)
   cot = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 6, cout))
-
-  def loss(impl, dtype):
-    return lambda x, w: jnp.sum(cot * jnp.tanh(conv2d(x.astype(dtype), w.astype(dtype), 1, 0,
-                                                      impl=impl).astype(jnp.float32)))
-  r1 = lambda f: (lambda x, w: jnp.sum(jax.grad(f)(x, w).astype(jnp.float32) ** 2))
-  got = dict(y=conv2d(x, w, 1, 0, impl="phases"), g=jax.grad(loss("phases", bf), (0, 1))(x, w),
-             h=jax.grad(r1(loss("phases", bf)), (0, 1))(x, w))
-  want = dict(y=conv2d(x.astype(jnp.float32), w.astype(jnp.float32), 1, 0, impl="xla"),
-              g=jax.grad(loss("xla", jnp.float32), (0, 1))(x, w),
-              h=jax.grad(r1(loss("xla", jnp.float32)), (0, 1))(x, w))
-  for name in got:
-    for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
-      assert a.dtype == bf, (name, a.dtype)
-      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-      rel = np.max(np.abs(a - b)) / np.max(np.abs(b))
-      assert rel < 8 * 2.0 ** -8, (name, rel)
-  for fn in (lambda x, w: conv2d(x, w, 1, 0, impl="phases"), jax.grad(loss("phases", bf), (0, 1))):
+  _assert_bf16_near_float32(x, w, cot, 0, {})
+  for fn in (lambda x, w: conv2d(x, w, 1, 0, impl="phases"),
+             jax.grad(_bf16_loss(cot, 0, "phases", bf), (0, 1))):
     assert " convolution(" not in jax.jit(fn).lower(x, w).compile().as_text()
