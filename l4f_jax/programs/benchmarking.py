@@ -627,8 +627,8 @@ def report(what: str, args: Args, results: list[Result]) -> list[str]:
 # The measured roofline next to the derived peaks: XLA's [n x n] @ [n x n] matmul (bfloat16 with
 # float32 accumulation, the form of the bf16 convs) in the same run, best of 5. The derived peaks
 # use the clock /proc/cpuinfo reports, which boost clocks exceed (a 2-core AMD Zen 4 at a reported
-# 2.6 GHz ran this float32 matmul at 207 GFLOP/s, 125 % of its derived 166); no program of XLA's
-# GEMMs runs faster than this matmul at their precision.
+# 2.6 GHz ran this float32 matmul at 207 GFLOP/s, 125 % of its derived 166). This matmul is the
+# measured ceiling that a program made of XLA's GEMMs at that precision can approach.
 ROOFLINE_MATMUL = 2048
 
 
