@@ -15,7 +15,6 @@ Add a benchmark by writing `bench_<name>(args) -> list[Result]` and registering 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import statistics
 import time
@@ -639,13 +638,9 @@ def matmul_gflops(dtype: str, n: int = ROOFLINE_MATMUL, repeats: int = 5) -> flo
   import jax.numpy as jnp  # noqa: PLC0415
   a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32).astype(dtype) for i in (0, 1))
   f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-  f(a, b).block_until_ready()
-  best = math.inf
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best / 1e9
+  call = lambda: f(a, b).block_until_ready()
+  call()
+  return 2 * n ** 3 / min(_time_interleaved([call], repeats)[0]) / 1e9
 
 
 def _cpu_peak_lines(results: list[Result], dtypes: list[str]) -> list[str]:
